@@ -1,0 +1,46 @@
+# One entry point for a fresh machine: `make test` installs what the tests need
+# (Debian packages for the real peers, a venv with the package) and runs them.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEB_PACKAGES := isc-dhcp-server isc-dhcp-client isc-dhcp-relay udhcpc dhcpcd5 dnsmasq \
+	tftpd-hpa tftp-hpa atftp curl nginx bind9 bind9-utils nftables iptables \
+	kea-dhcp4-server kea-admin etcd-server etcd-client openipmi ipmitool nix-bin \
+	ipxe ipxe-qemu ovmf qemu-system-x86 qemu-utils busybox-static iproute2 openssl postgresql \
+	linux-image-cloud-amd64 cpio
+STAMP := $(VENV)/.installed
+
+.PHONY: deps venv test unit lint lab clean
+
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/pytest -q tests/unit
+
+test: deps venv lint
+	$(BIN)/pytest -q -ra
+
+lab: deps venv
+	$(BIN)/plasmaboot lab up --nodes 3
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,211 @@
+"""The inventory: one declarative description of the cluster every other part reads.
+
+Models only check the shape of each field (types, formats, enums). Rules that relate
+fields to each other (duplicates, subnets, pools, bootstrap quorum) live in
+`validation.py`, so that all of them can be reported at once instead of stopping at the
+first broken field.
+"""
+
+from __future__ import annotations
+
+import re
+from ipaddress import IPv4Address, IPv4Network
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+_MAC_RE = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$")
+_HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_DNS_NAME_RE = re.compile(r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+
+
+def normalize_mac(value: str) -> str:
+    """Lower-case, colon-separated: the one spelling the store, DHCP and iPXE compare."""
+    mac = value.strip().lower()
+    if not _MAC_RE.match(mac):
+        raise ValueError(
+            f"{value!r} is not a MAC address; write six hex pairs such as 52:54:00:12:34:56"
+        )
+    return mac.replace("-", ":")
+
+
+def _check_hostname(value: str) -> str:
+    if not _HOSTNAME_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid host name; use lower-case letters, digits and '-', "
+            "at most 63 characters, not starting or ending with '-'"
+        )
+    return value
+
+
+def _check_domain(value: str) -> str:
+    if not _DNS_NAME_RE.match(value):
+        raise ValueError(f"{value!r} is not a DNS domain; write one such as example.com")
+    return value
+
+
+def _check_sha256(value: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise ValueError(f"{value!r} is not a sha256 digest; write 64 lower-case hex digits")
+    return value
+
+
+MacAddress = Annotated[str, AfterValidator(normalize_mac)]
+Hostname = Annotated[str, AfterValidator(_check_hostname)]
+DomainName = Annotated[str, AfterValidator(_check_domain)]
+Sha256 = Annotated[str, AfterValidator(_check_sha256)]
+
+
+class Strict(BaseModel):
+    """Unknown keys are refused: a misspelt key silently ignored is a machine misbooted."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Cluster(Strict):
+    name: Hostname
+    domain: DomainName
+
+
+class AddressRange(Strict):
+    start: IPv4Address
+    end: IPv4Address
+
+    def __contains__(self, ip: object) -> bool:
+        return isinstance(ip, IPv4Address) and self.start <= ip <= self.end
+
+    @property
+    def size(self) -> int:
+        return int(self.end) - int(self.start) + 1
+
+
+DhcpMode = Literal["full", "reservation", "proxy"]
+
+
+class Dhcp(Strict):
+    """How plasmaboot answers DHCP on this network (only the provisioning one, usually)."""
+
+    mode: DhcpMode = "full"
+    pool: AddressRange | None = None
+    lease_time: int = Field(default=3600, ge=60, le=7 * 86400)
+    interface: str | None = None
+
+
+class Network(Strict):
+    name: Hostname
+    vlan: int = Field(ge=1, le=4094)
+    subnet: IPv4Network
+    gateway: IPv4Address | None = None
+    dns: tuple[IPv4Address, ...] = ()
+    ntp: tuple[IPv4Address, ...] = ()
+    purpose: str = ""
+    dhcp: Dhcp | None = None
+
+    @field_validator("subnet", mode="before")
+    @classmethod
+    def _strict_subnet(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                IPv4Network(value, strict=True)
+            except ValueError as exc:
+                raise ValueError(
+                    f"{value!r} is not a network address with prefix; write one such as "
+                    f"10.0.100.0/24 ({exc})"
+                ) from exc
+        return value
+
+
+class Server(Strict):
+    """The provisioning server itself: where nodes fetch iPXE, scripts and images."""
+
+    provisioning_ip: IPv4Address
+    http_port: int = Field(default=8080, ge=1, le=65535)
+    tftp_port: int = Field(default=69, ge=1, le=65535)
+    dhcp_port: int = Field(default=67, ge=1, le=65535)
+    ssh_authorized_keys: tuple[str, ...] = ()
+
+
+class Image(Strict):
+    """A netboot image: paths are relative to the server's asset directory."""
+
+    kernel: str
+    initrd: str
+    cmdline: str = ""
+    kernel_sha256: Sha256 | None = None
+    initrd_sha256: Sha256 | None = None
+    version: str = "0"
+
+
+Role = Literal["control-plane", "worker", "all-in-one"]
+
+
+class Profile(Strict):
+    role: Role
+    description: str = ""
+    services: tuple[str, ...]
+    image: str
+
+
+class Bmc(Strict):
+    """A node's BMC. Credentials are referenced (env var or file), never written here."""
+
+    address: str
+    driver: Literal["ipmi", "redfish", "manual"] = "ipmi"
+    port: int | None = Field(default=None, ge=1, le=65535)
+    username: str = "admin"
+    password_env: str | None = None
+    password_file: str | None = None
+    system_id: str | None = None
+    verify_tls: bool = True
+
+
+class Node(Strict):
+    hostname: Hostname
+    macs: tuple[MacAddress, ...] = Field(min_length=1)
+    profile: str
+    provisioning_ip: IPv4Address
+    production_ip: IPv4Address | None = None
+    bmc: Bmc | None = None
+    disk: str = "/dev/sda"
+    bootstrap: bool = False
+    boot_overrides: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("disk")
+    @classmethod
+    def _disk_is_device(cls, value: str) -> str:
+        if not value.startswith("/dev/"):
+            raise ValueError(f"{value!r} is not a block device; write a path such as /dev/sda")
+        return value
+
+
+class Inventory(Strict):
+    cluster: Cluster
+    networks: tuple[Network, ...] = Field(min_length=1)
+    server: Server
+    profiles: dict[str, Profile]
+    images: dict[str, Image]
+    nodes: tuple[Node, ...] = ()
+
+    def network(self, name: str) -> Network | None:
+        return next((n for n in self.networks if n.name == name), None)
+
+    @property
+    def provisioning(self) -> Network:
+        """The network the server answers DHCP on: the one named `provisioning`."""
+        net = self.network("provisioning")
+        if net is None:  # validation guarantees it; this guards direct construction
+            raise LookupError("the inventory has no network named 'provisioning'")
+        return net
+
+    def node(self, hostname: str) -> Node | None:
+        return next((n for n in self.nodes if n.hostname == hostname), None)
+
+    def node_by_mac(self, mac: str) -> Node | None:
+        mac = normalize_mac(mac)
+        return next((n for n in self.nodes if mac in n.macs), None)
+
+    def fqdn(self, node: Node) -> str:
+        return f"{node.hostname}.{self.cluster.domain}"
+
+    def role_of(self, node: Node) -> Role:
+        return self.profiles[node.profile].role

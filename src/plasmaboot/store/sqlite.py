@@ -1,0 +1,401 @@
+"""The embedded store: one SQLite file in WAL mode under the state directory.
+
+WAL with synchronous=NORMAL keeps every committed transaction across a process crash
+(kill -9): the commit is in the WAL before the call returns. Only an OS crash can lose
+the last moments, which is the trade Kea's memfile makes too.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from plasmaboot.inventory.models import Inventory, normalize_mac
+from plasmaboot.lifecycle import TARGETS, Event, IllegalTransition, State, next_state
+from plasmaboot.store.base import (
+    EventRecord,
+    ImportResult,
+    Lease,
+    NodeRecord,
+    Token,
+    UnknownNode,
+)
+from plasmaboot.store.migrations import migrate
+
+DB_NAME = "plasmaboot.db"
+
+
+def _json(value: dict[str, Any] | None) -> str:
+    return json.dumps(value or {}, sort_keys=True, separators=(",", ":"))
+
+
+class SqliteStore:
+    def __init__(self, path: Path, *, migrate_to: int | None = None) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        self._conn.execute("PRAGMA busy_timeout=5000")
+        if migrate_to is None:
+            migrate(self._conn)
+        else:
+            migrate(self._conn, migrate_to)
+
+    @classmethod
+    def in_dir(cls, state_dir: Path) -> SqliteStore:
+        return cls(state_dir / DB_NAME)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def schema_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    # ---- nodes -----------------------------------------------------------------
+
+    def _node(self, conn: sqlite3.Connection, hostname: str) -> NodeRecord | None:
+        row = conn.execute("SELECT * FROM nodes WHERE hostname = ?", (hostname,)).fetchone()
+        if row is None:
+            return None
+        macs = tuple(
+            r[0]
+            for r in conn.execute(
+                "SELECT mac FROM node_macs WHERE hostname = ? ORDER BY mac", (hostname,)
+            )
+        )
+        return NodeRecord(
+            hostname=row["hostname"],
+            state=State(row["state"]),
+            target=State(row["target"]) if row["target"] else None,
+            profile=row["profile"],
+            macs=macs,
+            provisioning_ip=row["provisioning_ip"],
+            in_inventory=bool(row["in_inventory"]),
+            spec=json.loads(row["spec"]),
+            updated_at=row["updated_at"],
+        )
+
+    def get_node(self, hostname: str) -> NodeRecord | None:
+        return self._node(self._conn, hostname)
+
+    def node_by_mac(self, mac: str) -> NodeRecord | None:
+        row = self._conn.execute(
+            "SELECT hostname FROM node_macs WHERE mac = ?", (normalize_mac(mac),)
+        ).fetchone()
+        return None if row is None else self._node(self._conn, row[0])
+
+    def list_nodes(self) -> list[NodeRecord]:
+        names = [r[0] for r in self._conn.execute("SELECT hostname FROM nodes ORDER BY hostname")]
+        return [n for n in (self._node(self._conn, name) for name in names) if n is not None]
+
+    def _insert_event(
+        self,
+        conn: sqlite3.Connection,
+        node: str,
+        from_state: str | None,
+        to_state: str | None,
+        event: str,
+        actor: str,
+        detail: dict[str, Any] | None,
+    ) -> EventRecord:
+        ts = time.time()
+        cur = conn.execute(
+            "INSERT INTO events (ts, node, from_state, to_state, event, actor, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (ts, node, from_state, to_state, event, actor, _json(detail)),
+        )
+        assert cur.lastrowid is not None
+        return EventRecord(
+            cur.lastrowid, ts, node, from_state, to_state, event, actor, dict(detail or {})
+        )
+
+    def _set_macs(self, conn: sqlite3.Connection, hostname: str, macs: Iterable[str]) -> None:
+        conn.execute("DELETE FROM node_macs WHERE hostname = ?", (hostname,))
+        for mac in macs:
+            # A MAC moved to this node (a replaced NIC, a retired node) follows the inventory.
+            conn.execute(
+                "INSERT INTO node_macs (mac, hostname) VALUES (?, ?) "
+                "ON CONFLICT(mac) DO UPDATE SET hostname = excluded.hostname",
+                (mac, hostname),
+            )
+
+    def import_inventory(self, inv: Inventory, actor: str = "inventory") -> ImportResult:
+        """Make the store's nodes match the inventory without losing any history.
+
+        New nodes are enrolled; a discovered machine whose MAC the inventory now names
+        becomes that node (its events follow it); nodes gone from the inventory are kept,
+        marked as such. Re-importing the same inventory changes nothing.
+        """
+        result = ImportResult()
+        now = time.time()
+        with self._tx() as conn:
+            wanted = {node.hostname for node in inv.nodes}
+            for node in inv.nodes:
+                spec = node.model_dump(mode="json")
+                existing = self._node(conn, node.hostname)
+                if existing is None:
+                    self._adopt_or_enroll(conn, node.hostname, node.macs, actor, now)
+                    existing = self._node(conn, node.hostname)
+                    assert existing is not None
+                    result.added.append(node.hostname)
+                elif existing.spec == spec and existing.in_inventory:
+                    result.unchanged.append(node.hostname)
+                    continue
+                else:
+                    changed = sorted(
+                        k
+                        for k in spec.keys() | existing.spec.keys()
+                        if spec.get(k) != existing.spec.get(k)
+                    )
+                    detail = {"fields": changed, "returned": not existing.in_inventory}
+                    self._insert_event(
+                        conn,
+                        node.hostname,
+                        existing.state,
+                        existing.state,
+                        "inventory-updated",
+                        actor,
+                        detail,
+                    )
+                    result.updated.append(node.hostname)
+                conn.execute(
+                    "UPDATE nodes SET profile = ?, provisioning_ip = ?, spec = ?, "
+                    "in_inventory = 1, updated_at = ? WHERE hostname = ?",
+                    (node.profile, str(node.provisioning_ip), _json(spec), now, node.hostname),
+                )
+                self._set_macs(conn, node.hostname, node.macs)
+            for row in conn.execute(
+                "SELECT hostname, state FROM nodes WHERE in_inventory = 1 AND state != ?",
+                (State.DISCOVERED.value,),
+            ).fetchall():
+                if row["hostname"] not in wanted:
+                    conn.execute(
+                        "UPDATE nodes SET in_inventory = 0, updated_at = ? WHERE hostname = ?",
+                        (now, row["hostname"]),
+                    )
+                    self._insert_event(
+                        conn,
+                        row["hostname"],
+                        row["state"],
+                        row["state"],
+                        "removed-from-inventory",
+                        actor,
+                        None,
+                    )
+                    result.retired.append(row["hostname"])
+        return result
+
+    def _adopt_or_enroll(
+        self,
+        conn: sqlite3.Connection,
+        hostname: str,
+        macs: tuple[str, ...],
+        actor: str,
+        now: float,
+    ) -> None:
+        placeholders = ",".join("?" * len(macs))
+        found = conn.execute(
+            f"SELECT n.hostname FROM nodes n JOIN node_macs m ON m.hostname = n.hostname "
+            f"WHERE n.state = ? AND m.mac IN ({placeholders})",
+            (State.DISCOVERED.value, *macs),
+        ).fetchone()
+        if found is None:
+            conn.execute(
+                "INSERT INTO nodes (hostname, state, updated_at) VALUES (?, ?, ?)",
+                (hostname, State.ENROLLED.value, now),
+            )
+            self._insert_event(conn, hostname, None, State.ENROLLED, Event.ENROLL, actor, None)
+            return
+        old = found[0]
+        conn.execute(
+            "UPDATE nodes SET hostname = ?, state = ?, target = NULL, updated_at = ? "
+            "WHERE hostname = ?",
+            (hostname, next_state(old, State.DISCOVERED, Event.ENROLL).value, now, old),
+        )
+        conn.execute("UPDATE events SET node = ? WHERE node = ?", (hostname, old))
+        self._insert_event(
+            conn,
+            hostname,
+            State.DISCOVERED,
+            State.ENROLLED,
+            Event.ENROLL,
+            actor,
+            {"discovered_as": old},
+        )
+
+    def discover(self, mac: str, actor: str, detail: dict[str, Any] | None = None) -> NodeRecord:
+        """Record an unknown machine that asked to boot, so an operator can enrol it."""
+        mac = normalize_mac(mac)
+        hostname = "discovered-" + mac.replace(":", "")
+        with self._tx() as conn:
+            known = conn.execute("SELECT hostname FROM node_macs WHERE mac = ?", (mac,)).fetchone()
+            if known is None:
+                conn.execute(
+                    "INSERT INTO nodes (hostname, state, in_inventory, updated_at) "
+                    "VALUES (?, ?, 0, ?)",
+                    (hostname, State.DISCOVERED.value, time.time()),
+                )
+                self._set_macs(conn, hostname, [mac])
+                self._insert_event(
+                    conn, hostname, None, State.DISCOVERED, "discovered", actor, detail
+                )
+            else:
+                hostname = known[0]
+            node = self._node(conn, hostname)
+        assert node is not None
+        return node
+
+    def transition(
+        self,
+        hostname: str,
+        event: Event,
+        actor: str,
+        detail: dict[str, Any] | None = None,
+        *,
+        expect: State | None = None,
+    ) -> EventRecord:
+        """Apply `event` through the lifecycle table and record it, atomically.
+
+        `expect` guards against a race: when given and the node has moved on, the
+        transition is refused as illegal from the state actually found.
+        """
+        with self._tx() as conn:
+            node = self._node(conn, hostname)
+            if node is None:
+                raise UnknownNode(hostname)
+            if expect is not None and node.state is not expect:
+                raise IllegalTransition(hostname, node.state, event)
+            to = next_state(hostname, node.state, event)
+            target = TARGETS.get(to)
+            conn.execute(
+                "UPDATE nodes SET state = ?, target = ?, updated_at = ? WHERE hostname = ?",
+                (to.value, target.value if target else None, time.time(), hostname),
+            )
+            return self._insert_event(conn, hostname, node.state, to, event, actor, detail)
+
+    def record(
+        self, hostname: str, event: str, actor: str, detail: dict[str, Any] | None = None
+    ) -> EventRecord:
+        """Log something that happened to a node without changing its state."""
+        with self._tx() as conn:
+            node = self._node(conn, hostname)
+            if node is None:
+                raise UnknownNode(hostname)
+            return self._insert_event(conn, hostname, node.state, node.state, event, actor, detail)
+
+    def events(self, hostname: str | None = None, limit: int | None = None) -> list[EventRecord]:
+        sql = "SELECT * FROM events"
+        args: list[Any] = []
+        if hostname is not None:
+            sql += " WHERE node = ?"
+            args.append(hostname)
+        sql += " ORDER BY id"
+        if limit is not None:
+            sql = f"SELECT * FROM ({sql} DESC LIMIT ?) ORDER BY id"
+            args.append(limit)
+        return [
+            EventRecord(
+                r["id"],
+                r["ts"],
+                r["node"],
+                r["from_state"],
+                r["to_state"],
+                r["event"],
+                r["actor"],
+                json.loads(r["detail"]),
+            )
+            for r in self._conn.execute(sql, args)
+        ]
+
+    def state_counts(self) -> dict[str, int]:
+        rows = self._conn.execute("SELECT state, COUNT(*) FROM nodes GROUP BY state")
+        return {state: count for state, count in rows}
+
+    # ---- leases ----------------------------------------------------------------
+
+    def leases(self) -> list[Lease]:
+        return [
+            Lease(r["ip"], r["client_key"], r["mac"], r["state"], r["expires_at"], r["hostname"])
+            for r in self._conn.execute("SELECT * FROM leases ORDER BY ip")
+        ]
+
+    def save_leases(self, leases: Iterable[Lease]) -> None:
+        """Write a batch of leases in one transaction (DHCP group-commits through this)."""
+        with self._tx() as conn:
+            conn.executemany(
+                "INSERT INTO leases (ip, client_key, mac, state, expires_at, hostname) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(ip) DO UPDATE SET "
+                "client_key = excluded.client_key, mac = excluded.mac, state = excluded.state, "
+                "expires_at = excluded.expires_at, hostname = excluded.hostname",
+                [
+                    (le.ip, le.client_key, le.mac, le.state, le.expires_at, le.hostname)
+                    for le in leases
+                ],
+            )
+
+    def delete_lease(self, ip: str) -> None:
+        with self._tx() as conn:
+            conn.execute("DELETE FROM leases WHERE ip = ?", (ip,))
+
+    # ---- tokens ----------------------------------------------------------------
+
+    def save_token(self, token: Token) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO tokens (token_hash, hostname, purpose, created_at, expires_at, "
+                "used_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    token.token_hash,
+                    token.hostname,
+                    token.purpose,
+                    token.created_at,
+                    token.expires_at,
+                    token.used_at,
+                ),
+            )
+
+    def get_token(self, token_hash: str) -> Token | None:
+        r = self._conn.execute(
+            "SELECT * FROM tokens WHERE token_hash = ?", (token_hash,)
+        ).fetchone()
+        if r is None:
+            return None
+        return Token(
+            r["token_hash"],
+            r["hostname"],
+            r["purpose"],
+            r["created_at"],
+            r["expires_at"],
+            r["used_at"],
+        )
+
+    def use_token(self, token_hash: str, now: float) -> bool:
+        """Mark a one-time token used; False if it was already used (a replay)."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL",
+                (now, token_hash),
+            )
+            return cur.rowcount == 1
+
+    def revoke_tokens(self, hostname: str) -> None:
+        with self._tx() as conn:
+            conn.execute("DELETE FROM tokens WHERE hostname = ?", (hostname,))

@@ -1,0 +1,1 @@
+"""Boot policy: the one place that decides what a booting machine gets."""

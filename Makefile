@@ -10,7 +10,7 @@ DEB_PACKAGES := isc-dhcp-server isc-dhcp-client isc-dhcp-relay udhcpc dhcpcd5 dn
 	linux-image-cloud-amd64 cpio
 STAMP := $(VENV)/.installed
 
-.PHONY: deps venv test unit lint lab clean
+.PHONY: deps venv test unit lint lab demo clean
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
@@ -44,3 +44,8 @@ lab: deps venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+demo: venv
+	$(BIN)/plasmaboot inventory check -c examples/lab/cluster.yaml
+	$(BIN)/plasmaboot inventory import -c examples/lab/cluster.yaml --state-dir build/demo-state
+	$(BIN)/plasmaboot node list --state-dir build/demo-state

@@ -38,8 +38,15 @@ _FIXES = {
 
 
 def _schema_problems(exc: ValidationError) -> list[Problem]:
+    errors = exc.errors()
+    locs = [tuple(e["loc"]) for e in errors]
     problems = []
-    for err in exc.errors():
+    for err in errors:
+        loc = tuple(err["loc"])
+        # A container error that only echoes a failed child (a tuple left empty after its
+        # one bad MAC was rejected) adds noise, not information: keep the child.
+        if any(len(other) > len(loc) and other[: len(loc)] == loc for other in locs):
+            continue
         # Literal/enum errors carry the allowed values in their message already.
         fix = _FIXES.get(err["type"], "correct the value")
         message = err["msg"].removeprefix("Value error, ")

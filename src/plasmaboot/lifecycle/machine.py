@@ -86,7 +86,8 @@ TRANSITIONS: dict[tuple[Event, State], State] = {
     },
     (E.DRAIN, S.ACTIVE): S.DRAINING,
     (E.DRAINED, S.DRAINING): S.MAINTENANCE,
-    **{(E.MAINTAIN, s): S.MAINTENANCE for s in (*_INSTALLED_OS, S.ENROLLED)},
+    # Maintenance is entered only from active, so "activate" can never skip the join.
+    (E.MAINTAIN, S.ACTIVE): S.MAINTENANCE,
     (E.ACTIVATE, S.MAINTENANCE): S.ACTIVE,
     (E.ACTIVATE, S.DRAINING): S.ACTIVE,
     **{(E.DECOMMISSION, s): S.DECOMMISSIONED for s in _ANY_LIVE},

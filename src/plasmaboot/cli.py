@@ -1,0 +1,181 @@
+"""The `plasmaboot` command line: parse, call the module that does the work, print."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from plasmaboot.inventory import Inventory, InventoryError, load_inventory
+from plasmaboot.store import EventRecord, NodeRecord, Store, open_store
+
+app = typer.Typer(no_args_is_help=True, help="Bare-metal provisioning for PlasmaCloud clusters.")
+inventory_app = typer.Typer(no_args_is_help=True, help="Check and import the inventory.")
+node_app = typer.Typer(no_args_is_help=True, help="Nodes, their lifecycle state and events.")
+app.add_typer(inventory_app, name="inventory")
+app.add_typer(node_app, name="node")
+
+out = Console()
+err = Console(stderr=True)
+
+DEFAULT_STATE_DIR = Path(os.environ.get("PLASMABOOT_STATE_DIR", "/var/lib/plasmaboot"))
+
+ConfigOption = Annotated[
+    Path, typer.Option("-c", "--config", help="The inventory (cluster.yaml).", show_default=False)
+]
+StateDirOption = Annotated[
+    Path,
+    typer.Option("--state-dir", help="Where the store lives (env PLASMABOOT_STATE_DIR)."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def load_or_exit(path: Path) -> Inventory:
+    """Load the inventory, or print every problem in it and exit 1."""
+    try:
+        return load_inventory(path)
+    except InventoryError as exc:
+        err.print(f"[red]{path}: {len(exc.problems)} problem(s):[/red]")
+        for problem in exc.problems:
+            err.print(f"  - {problem.render(str(path))}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _store(state_dir: Path) -> Store:
+    return open_store(state_dir)
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _node_json(node: NodeRecord) -> dict[str, Any]:
+    data = asdict(node)
+    data["state"] = node.state.value
+    data["target"] = node.target.value if node.target else None
+    return data
+
+
+@inventory_app.command("check")
+def inventory_check(config: ConfigOption) -> None:
+    """Validate the inventory and print every problem at once (exit 1 if any)."""
+    inv = load_or_exit(config)
+    out.print(
+        f"[green]{config}: OK[/green]: cluster {inv.cluster.name}, {len(inv.nodes)} nodes, "
+        f"{len(inv.networks)} networks, {len(inv.profiles)} profiles"
+    )
+
+
+@inventory_app.command("import")
+def inventory_import(config: ConfigOption, state_dir: StateDirOption = DEFAULT_STATE_DIR) -> None:
+    """Load the inventory into the store (idempotent; never drops a node's history)."""
+    inv = load_or_exit(config)
+    store = _store(state_dir)
+    try:
+        result = store.import_inventory(inv)
+    finally:
+        store.close()
+    for label, names in (
+        ("added", result.added),
+        ("updated", result.updated),
+        ("removed from inventory (history kept)", result.retired),
+    ):
+        if names:
+            out.print(f"{label}: {', '.join(names)}")
+    out.print(f"{len(result.unchanged)} unchanged")
+
+
+@node_app.command("list")
+def node_list(state_dir: StateDirOption = DEFAULT_STATE_DIR, as_json: JsonOption = False) -> None:
+    """Every node with its lifecycle state."""
+    store = _store(state_dir)
+    try:
+        nodes = store.list_nodes()
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps([_node_json(n) for n in nodes], indent=2))
+        return
+    table = Table("node", "state", "target", "profile", "MACs", "provisioning IP", "updated")
+    for n in nodes:
+        name = n.hostname if n.in_inventory else f"{n.hostname} (not in inventory)"
+        table.add_row(
+            name,
+            n.state.value,
+            n.target.value if n.target else "",
+            n.profile or "",
+            " ".join(n.macs),
+            n.provisioning_ip or "",
+            _when(n.updated_at),
+        )
+    out.print(table)
+
+
+def _get_node_or_exit(store: Store, hostname: str) -> NodeRecord:
+    node = store.get_node(hostname)
+    if node is None:
+        store.close()
+        err.print(f"[red]no node named {hostname!r}[/red]; `plasmaboot node list` shows them")
+        raise typer.Exit(1)
+    return node
+
+
+@node_app.command("show")
+def node_show(
+    hostname: str, state_dir: StateDirOption = DEFAULT_STATE_DIR, as_json: JsonOption = False
+) -> None:
+    """One node: state, target, MACs and its inventory record."""
+    store = _store(state_dir)
+    node = _get_node_or_exit(store, hostname)
+    store.close()
+    if as_json:
+        print(json.dumps(_node_json(node), indent=2))
+        return
+    table = Table(show_header=False)
+    for key, value in _node_json(node).items():
+        shown = json.dumps(value) if isinstance(value, dict | list | tuple) else str(value)
+        table.add_row(key, shown)
+    out.print(table)
+
+
+def _event_json(ev: EventRecord) -> dict[str, Any]:
+    return asdict(ev)
+
+
+@node_app.command("events")
+def node_events(
+    hostname: str,
+    state_dir: StateDirOption = DEFAULT_STATE_DIR,
+    as_json: JsonOption = False,
+    limit: Annotated[int | None, typer.Option(help="Only the last N events.")] = None,
+) -> None:
+    """A node's lifecycle history, oldest first."""
+    store = _store(state_dir)
+    _get_node_or_exit(store, hostname)
+    events = store.events(hostname, limit=limit)
+    store.close()
+    if as_json:
+        print(json.dumps([_event_json(e) for e in events], indent=2))
+        return
+    table = Table("time (UTC)", "event", "from", "to", "actor", "detail")
+    for e in events:
+        table.add_row(
+            _when(e.ts),
+            e.event,
+            e.from_state or "",
+            e.to_state or "",
+            e.actor,
+            json.dumps(e.detail) if e.detail else "",
+        )
+    out.print(table)
+
+
+def main() -> None:
+    app()

@@ -179,3 +179,52 @@ def node_events(
 
 def main() -> None:
     app()
+
+
+@app.command()
+def serve(
+    config: ConfigOption,
+    state_dir: StateDirOption = DEFAULT_STATE_DIR,
+    interface: Annotated[
+        str | None, typer.Option(help="Answer DHCP (and bind TFTP) only on this interface.")
+    ] = None,
+    bind: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
+    dhcp_port: Annotated[int | None, typer.Option(help="Default: the inventory's (67).")] = None,
+    tftp_port: Annotated[int | None, typer.Option(help="Default: the inventory's (69).")] = None,
+    http_port: Annotated[int | None, typer.Option(help="Default: the inventory's (8080).")] = None,
+    proxy_dhcp: Annotated[bool, typer.Option(help="ProxyDHCP beside another DHCP server.")] = False,
+    dhcp: Annotated[bool, typer.Option(help="--no-dhcp serves TFTP and HTTP only.")] = True,
+    assets: Annotated[
+        Path | None, typer.Option(help="Netboot images directory. Default: STATE_DIR/assets.")
+    ] = None,
+    tftp_root: Annotated[Path, typer.Option(help="iPXE binaries.")] = Path("/usr/lib/ipxe"),
+    simulate_disk_boot: Annotated[
+        bool, typer.Option(hidden=True, help="Lab only: 'boot from disk' boots the lab image.")
+    ] = False,
+) -> None:
+    """Run DHCP, TFTP and HTTP boot, the agent and admin APIs, until SIGTERM."""
+    import asyncio
+    import logging
+
+    from plasmaboot.serve.runner import ServeError, ServeOptions, serve_forever
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    options = ServeOptions(
+        config=config,
+        state_dir=state_dir,
+        assets_dir=assets or state_dir / "assets",
+        tftp_root=tftp_root,
+        interface=interface,
+        bind=bind,
+        dhcp_port=dhcp_port,
+        tftp_port=tftp_port,
+        http_port=http_port,
+        proxy_dhcp=proxy_dhcp,
+        dhcp=dhcp,
+        simulate_disk_boot=simulate_disk_boot,
+    )
+    try:
+        asyncio.run(serve_forever(options))
+    except ServeError as exc:
+        err.print(f"[red]cannot serve:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None

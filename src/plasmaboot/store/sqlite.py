@@ -301,11 +301,14 @@ class SqliteStore:
                 raise UnknownNode(hostname)
             return self._insert_event(conn, hostname, node.state, node.state, event, actor, detail)
 
-    def events(self, hostname: str | None = None, limit: int | None = None) -> list[EventRecord]:
-        sql = "SELECT * FROM events"
-        args: list[Any] = []
+    def events(
+        self, hostname: str | None = None, limit: int | None = None, after: int = 0
+    ) -> list[EventRecord]:
+        """Events oldest first; with `limit`, the newest `limit` of those after `after`."""
+        sql = "SELECT * FROM events WHERE id > ?"
+        args: list[Any] = [after]
         if hostname is not None:
-            sql += " WHERE node = ?"
+            sql += " AND node = ?"
             args.append(hostname)
         sql += " ORDER BY id"
         if limit is not None:

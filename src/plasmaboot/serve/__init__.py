@@ -1,0 +1,1 @@
+"""`plasmaboot serve`: the provisioning server."""

@@ -1,0 +1,202 @@
+"""`plasmaboot serve`: DHCP + TFTP + HTTP in one asyncio loop over one store.
+
+Start order is store -> HTTP -> TFTP -> DHCP, so by the time a machine is told where to
+boot, everything it will ask for is already answering. SIGTERM stops them in reverse
+(DHCP first: no new machines are sent to a server that is going away) and flushes leases.
+SIGHUP reloads the inventory; an invalid one is refused with every problem logged and the
+running one kept (Cobbler's lesson: never restart into a broken config).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from aiohttp import web
+
+from plasmaboot.dhcp.server import DhcpServer
+from plasmaboot.inventory import Inventory, InventoryError, load_inventory
+from plasmaboot.serve.context import Provisioner, ServeSettings
+from plasmaboot.store import open_store
+from plasmaboot.tftp.metrics import record_transfer
+from plasmaboot.tftp.server import TftpServer
+from plasmaboot.web.app import build_app
+
+log = logging.getLogger("plasmaboot.serve")
+
+DEFAULT_TFTP_ROOT = Path("/usr/lib/ipxe")
+
+
+@dataclass
+class ServeOptions:
+    config: Path
+    state_dir: Path
+    assets_dir: Path
+    tftp_root: Path = DEFAULT_TFTP_ROOT
+    interface: str | None = None
+    bind: str = "0.0.0.0"
+    dhcp_port: int | None = None
+    tftp_port: int | None = None
+    http_port: int | None = None
+    proxy_dhcp: bool = False
+    dhcp: bool = True
+    simulate_disk_boot: bool = False
+
+
+class ServeError(Exception):
+    """A reason `serve` cannot start, worded for the operator."""
+
+
+def admin_token(state_dir: Path) -> str:
+    """The admin API token: `PLASMABOOT_ADMIN_TOKEN`, or a 0600 file made on first start."""
+    if token := os.environ.get("PLASMABOOT_ADMIN_TOKEN"):
+        return token
+    path = state_dir / "admin.token"
+    if not path.exists():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip()
+
+
+def dhcp_interface(options: ServeOptions, inv: Inventory) -> str:
+    dhcp = inv.provisioning.dhcp
+    interface = options.interface or (dhcp.interface if dhcp else None)
+    if not interface:
+        raise ServeError(
+            "DHCP: no interface is named, and plasmaboot never answers DHCP on every "
+            "interface. Pass --interface IF, set networks[provisioning].dhcp.interface in "
+            "the inventory, or run with --no-dhcp (TFTP and HTTP only)."
+        )
+    return interface
+
+
+class Listening(Protocol):
+    @property
+    def listening(self) -> bool: ...
+
+
+def _probe(server: Listening) -> Callable[[], str]:
+    """A health probe: "failed" once the server's socket is gone while we still run."""
+    return lambda: "running" if server.listening else "failed"
+
+
+class ProvisioningServer:
+    def __init__(self, options: ServeOptions) -> None:
+        self.options = options
+        try:
+            inv = load_inventory(options.config)
+        except InventoryError as exc:
+            raise ServeError(str(exc)) from None
+        self.store = open_store(options.state_dir)
+        self.store.import_inventory(inv)
+        http_port = options.http_port or inv.server.http_port
+        self.http_port = http_port
+        settings = ServeSettings(
+            state_dir=options.state_dir,
+            assets_dir=options.assets_dir,
+            tftp_root=options.tftp_root,
+            http_base=f"http://{inv.server.provisioning_ip}:{http_port}",
+            simulate_disk_boot=options.simulate_disk_boot,
+        )
+        self.provisioner = Provisioner(inv, self.store, settings)
+        self.interface = dhcp_interface(options, inv) if options.dhcp else options.interface
+        self.dhcp: DhcpServer | None = None
+        self.tftp: TftpServer | None = None
+        self.http: web.AppRunner | None = None
+        self.stopped = asyncio.Event()
+
+    def reload(self) -> list[str]:
+        """Swap in the inventory file's current content, or keep the running one."""
+        try:
+            inv = load_inventory(self.options.config)
+        except InventoryError as exc:
+            problems = [p.render(exc.source) for p in exc.problems]
+            log.error(
+                "inventory reload refused, keeping the running one:\n  %s", "\n  ".join(problems)
+            )
+            return problems
+        result = self.store.import_inventory(inv, actor="reload")
+        self.provisioner.inventory = inv
+        if self.dhcp is not None:
+            self.dhcp.reload(inv)
+        log.info(
+            "inventory reloaded: added %s, updated %s, retired %s",
+            result.added,
+            result.updated,
+            result.retired,
+        )
+        return []
+
+    async def start(self) -> None:
+        opts, inv = self.options, self.provisioner.inventory
+        app = build_app(self.provisioner, admin_token(opts.state_dir), self.reload)
+        self.http = web.AppRunner(app, access_log=None)
+        await self.http.setup()
+        await web.TCPSite(self.http, opts.bind, self.http_port, reuse_address=True).start()
+        self.provisioner.probes["http"] = lambda: "running"
+        self.tftp = TftpServer(
+            opts.tftp_root,
+            host=opts.bind,
+            port=opts.tftp_port or inv.server.tftp_port,
+            interface=self.interface,
+            on_transfer=record_transfer,
+        )
+        await self.tftp.start()
+        self.provisioner.probes["tftp"] = _probe(self.tftp)
+        if opts.dhcp:
+            self.dhcp = DhcpServer(
+                inv,
+                self.store,
+                interface=self.interface,
+                bind=opts.bind,
+                port=opts.dhcp_port or inv.server.dhcp_port,
+                proxy=True if opts.proxy_dhcp else None,
+                http_base=self.provisioner.settings.http_base,
+                chain_when_on_disk=opts.simulate_disk_boot,
+            )
+            await self.dhcp.start()
+            self.provisioner.probes["dhcp"] = _probe(self.dhcp)
+        else:
+            self.provisioner.probes["dhcp"] = lambda: "disabled"
+        log.info(
+            "serving %s: http %s:%s, tftp %s, dhcp %s",
+            inv.cluster.name,
+            opts.bind,
+            self.http_port,
+            self.tftp.port,
+            f"on {self.interface}" if self.dhcp else "off",
+        )
+
+    async def stop(self) -> None:
+        if self.dhcp is not None:
+            await self.dhcp.stop()
+        if self.tftp is not None:
+            await self.tftp.stop()
+        if self.http is not None:
+            await self.http.cleanup()
+        self.store.close()
+        self.stopped.set()
+
+
+async def serve_forever(options: ServeOptions) -> None:
+    server = ProvisioningServer(options)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
+    await server.start()
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping: draining DHCP, TFTP, HTTP")
+        await server.stop()

@@ -1,0 +1,1 @@
+"""HTTP: iPXE scripts, boot assets, agent and admin APIs, health and metrics."""

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from plasmaboot.inventory import Inventory, InventoryError, load_inventory
+from plasmaboot.lab.cli import app as lab_app
 from plasmaboot.store import EventRecord, NodeRecord, Store, open_store
 
 app = typer.Typer(no_args_is_help=True, help="Bare-metal provisioning for PlasmaCloud clusters.")
@@ -21,6 +22,7 @@ inventory_app = typer.Typer(no_args_is_help=True, help="Check and import the inv
 node_app = typer.Typer(no_args_is_help=True, help="Nodes, their lifecycle state and events.")
 app.add_typer(inventory_app, name="inventory")
 app.add_typer(node_app, name="node")
+app.add_typer(lab_app, name="lab")
 
 out = Console()
 err = Console(stderr=True)

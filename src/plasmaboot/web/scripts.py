@@ -60,10 +60,7 @@ def stop_script(reason: str) -> str:
 def _kernel_args(provisioner: Provisioner, node: Node, stage: str) -> str:
     token = provisioner.tokens.issue(node.hostname, TokenPurpose.BOOT)
     base = provisioner.settings.http_base
-    return (
-        f"plasmaboot.url={base} plasmaboot.node={node.hostname} "
-        f"plasmaboot.token={token} plasmaboot.stage={stage}"
-    )
+    return f"plasmaboot.url={base} plasmaboot.token={token} plasmaboot.stage={stage}"
 
 
 def node_script(provisioner: Provisioner, record: NodeRecord, spec: Node | None) -> str:

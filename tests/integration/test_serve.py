@@ -1,0 +1,145 @@
+"""`plasmaboot serve` as a real process: refuses to guess an interface, survives a broken
+SIGHUP, drains on SIGTERM, and schemathesis finds no server error in its OpenAPI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+HTTP_PORT = 17510
+TFTP_PORT = 17511
+ADMIN = "serve-test-admin"
+BASE = f"http://127.0.0.1:{HTTP_PORT}"
+
+
+def lab_copy(tmp_path: Path, mutate: object = None) -> Path:
+    doc = yaml.safe_load((ROOT / "examples/lab/cluster.yaml").read_text())
+    if callable(mutate):
+        mutate(doc)
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def serve_argv(config: Path, state: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "plasmaboot", "serve", "-c", str(config), "--state-dir", str(state),
+        "--bind", "127.0.0.1", "--http-port", str(HTTP_PORT), "--tftp-port", str(TFTP_PORT),
+        *extra,
+    ]  # fmt: skip
+
+
+def wait_healthy(proc: subprocess.Popen[str], timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"serve exited early: {proc.returncode}"
+        try:
+            if httpx.get(f"{BASE}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("serve did not become healthy")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path, Path]]:
+    config = lab_copy(tmp_path)
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "PLASMABOOT_ADMIN_TOKEN": ADMIN}
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            serve_argv(config, tmp_path / "state", "--no-dhcp"),
+            stdout=out, stderr=subprocess.STDOUT, text=True, env=env,
+        )  # fmt: skip
+    try:
+        wait_healthy(proc)
+        yield proc, config, log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_dhcp_without_a_named_interface_refuses_to_start(tmp_path: Path) -> None:
+    def no_interface(doc: dict[str, object]) -> None:
+        doc["networks"][0]["dhcp"].pop("interface")  # type: ignore[index]
+
+    result = subprocess.run(
+        serve_argv(lab_copy(tmp_path, no_interface), tmp_path / "state"),
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 1
+    output = " ".join((result.stdout + result.stderr).split())
+    assert "no interface is named" in output and "--interface" in output
+
+
+def test_health_reports_dhcp_disabled_but_healthy(
+    server: tuple[subprocess.Popen[str], Path, Path],
+) -> None:
+    body = httpx.get(f"{BASE}/health").json()
+    assert body == {
+        "status": "healthy",
+        "services": {"dhcp": "disabled", "tftp": "running", "http": "running"},
+    }
+
+
+def test_sighup_with_broken_inventory_keeps_serving(
+    server: tuple[subprocess.Popen[str], Path, Path],
+) -> None:
+    proc, config, log = server
+    good = config.read_text()
+    config.write_text(good.replace("52:54:00:12:34:57", "52:54:00:12:34:56"))
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(1)
+    assert httpx.get(f"{BASE}/health").status_code == 200
+    assert "inventory reload refused" in log.read_text()
+    assert "nodes[1].macs[0]" in log.read_text()
+    nodes = httpx.get(f"{BASE}/api/v1/nodes", headers={"Authorization": f"Bearer {ADMIN}"})
+    assert [n["macs"] for n in nodes.json()][1] == ["52:54:00:12:34:57"]
+
+    config.write_text(good.replace("52:54:00:12:34:59", "52:54:00:12:34:5f"))
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(1)
+    node04 = httpx.get(f"{BASE}/api/v1/nodes/node04", headers={"Authorization": f"Bearer {ADMIN}"})
+    assert node04.json()["macs"] == ["52:54:00:12:34:5f"]
+
+
+def test_sigterm_drains_and_exits_cleanly(server: tuple[subprocess.Popen[str], Path, Path]) -> None:
+    proc, _, log = server
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+    assert "stopping" in log.read_text()
+
+
+@pytest.mark.skipif(
+    shutil.which("st") is None and not Path(sys.prefix, "bin/st").exists(),
+    reason="schemathesis is not installed",
+)
+def test_schemathesis_finds_no_server_errors(
+    server: tuple[subprocess.Popen[str], Path, Path],
+) -> None:
+    st = shutil.which("st") or str(Path(sys.prefix, "bin/st"))
+    result = subprocess.run(
+        [
+            st, "run", f"{BASE}/api/openapi.json", "--checks", "not_a_server_error",
+            "--header", f"Authorization: Bearer {ADMIN}", "--max-examples", "25",
+            "--no-color", "--suppress-health-check", "all",
+        ],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert httpx.get(f"{BASE}/health").status_code == 200

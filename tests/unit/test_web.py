@@ -15,7 +15,7 @@ from plasmaboot.inventory import load_inventory
 from plasmaboot.lifecycle import Event, State
 from plasmaboot.serve.context import Provisioner, ServeSettings
 from plasmaboot.store import SqliteStore
-from plasmaboot.web.app import ROUTES, build_app, openapi_document
+from plasmaboot.web.app import ROUTES, build_app, openapi_document, openapi_path
 from plasmaboot.web.tokens import token_hash
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -263,21 +263,19 @@ async def test_admin_action_and_malformed_bodies(harness: Harness) -> None:
 
 
 async def test_range_request_on_the_initrd(harness: Harness) -> None:
-    response = await harness.client.get(
-        "/boot/nixos/control-plane/initrd", headers={"Range": "bytes=1000-1999"}
-    )
+    response = await harness.client.get("/boot/lab/initrd", headers={"Range": "bytes=1000-1999"})
     assert response.status == 206
     assert await response.read() == INITRD[1000:2000]
     assert response.headers["Content-Range"] == f"bytes 1000-1999/{len(INITRD)}"
-    full = await harness.client.get("/boot/nixos/control-plane/initrd")
+    full = await harness.client.get("/boot/lab/initrd")
     assert await full.read() == INITRD
 
 
 async def test_checksums_match_the_files(harness: Harness) -> None:
     import hashlib
 
-    text = await (await harness.client.get("/boot/nixos/worker/SHA256SUMS")).text()
-    assert f"{hashlib.sha256(INITRD).hexdigest()}  initrd" in text
+    text = await (await harness.client.get("/boot/SHA256SUMS")).text()
+    assert f"{hashlib.sha256(INITRD).hexdigest()}  lab/initrd" in text
 
 
 async def test_asset_paths_cannot_escape(harness: Harness) -> None:
@@ -324,5 +322,5 @@ async def test_reload_refusal_is_reported(harness: Harness) -> None:
 def test_openapi_lists_every_route_with_its_security() -> None:
     doc = openapi_document()
     for route in ROUTES:
-        operation = doc["paths"][route.path][route.method.lower()]
+        operation = doc["paths"][openapi_path(route.path)][route.method.lower()]
         assert ("security" in operation) == (route.auth != "public")

@@ -7,6 +7,7 @@ table.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,8 @@ from pydantic import BaseModel
 from plasmaboot.serve.context import Provisioner
 from plasmaboot.web import api, boot, observe
 from plasmaboot.web.tokens import constant_time_equal
+
+log = logging.getLogger("plasmaboot.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Auth = Literal["public", "agent", "admin"]
@@ -97,18 +100,18 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "GET",
-        "/boot/nixos/{profile}/SHA256SUMS",
+        "/boot/SHA256SUMS",
         boot.checksums,
         "public",
-        "Checksums of the profile's kernel and initrd",
+        "Checksums of every image's kernel and initrd",
         content="text/plain",
     ),
     Route(
         "GET",
-        "/boot/nixos/{profile}/{name}",
+        "/boot/{path:.+}",
         boot.asset,
         "public",
-        "Netboot kernel (bzImage) or initrd; Range supported",
+        "A kernel or initrd named by an image (e.g. /boot/nixos/worker/bzImage); Range",
         content="application/octet-stream",
     ),
     Route(
@@ -185,6 +188,10 @@ def _guarded(route: Route) -> Handler:
         finally:
             HTTP_REQUESTS.labels(route.path, route.method, str(status)).inc()
             HTTP_SECONDS.labels(route.path).observe(time.perf_counter() - started)
+            if route.path.startswith("/boot/"):  # the boot path an operator follows in the log
+                log.info(
+                    "http %s %s %s from %s", request.method, request.path, status, request.remote
+                )
 
     return handler
 
@@ -209,6 +216,11 @@ def build_app(
     return app
 
 
+def openapi_path(path: str) -> str:
+    """aiohttp's `{name:regex}` as OpenAPI's `{name}`."""
+    return re.sub(r"\{(\w+):[^}]*\}", r"{\1}", path)
+
+
 def openapi_document() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
@@ -219,7 +231,7 @@ def openapi_document() -> dict[str, Any]:
         }
         params = [
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-            for name in re.findall(r"\{(\w+)\}", route.path)
+            for name in re.findall(r"\{(\w+)\}", openapi_path(route.path))
         ]
         if params:
             operation["parameters"] = params
@@ -236,7 +248,7 @@ def openapi_document() -> dict[str, Any]:
             operation["responses"]["400"] = {"description": "Malformed body; names the field"}
         if route.mutating:
             operation["responses"]["409"] = {"description": "Not allowed in the node's state"}
-        paths.setdefault(route.path, {})[route.method.lower()] = operation
+        paths.setdefault(openapi_path(route.path), {})[route.method.lower()] = operation
     return {
         "openapi": "3.0.3",
         "info": {"title": "plasmaboot", "version": "1"},

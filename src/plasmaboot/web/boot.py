@@ -17,7 +17,6 @@ from plasmaboot.inventory import normalize_mac
 from plasmaboot.serve.context import Provisioner
 from plasmaboot.web import scripts
 
-ASSET_NAMES = {"bzImage": "kernel", "initrd": "initrd"}
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _digests: dict[tuple[str, int, int], str] = {}
 
@@ -55,12 +54,18 @@ async def ipxe_binary(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path)
 
 
-def _asset_path(provisioner: Provisioner, profile: str, name: str) -> Path:
-    inv = provisioner.inventory
-    if profile not in inv.profiles or name not in ASSET_NAMES:
-        raise web.HTTPNotFound(text=f"no asset {name} for profile {profile}")
-    image = inv.images[inv.profiles[profile].image]
-    relative = image.kernel if ASSET_NAMES[name] == "kernel" else image.initrd
+def image_files(provisioner: Provisioner) -> dict[str, str]:
+    """URL path under /boot/ -> image version, for every kernel and initrd the inventory
+    names. Only these are served: the asset directory is not browsable."""
+    files: dict[str, str] = {}
+    for image in provisioner.inventory.images.values():
+        files[image.kernel] = files[image.initrd] = image.version
+    return files
+
+
+def _asset_path(provisioner: Provisioner, relative: str) -> Path:
+    if relative not in image_files(provisioner):
+        raise web.HTTPNotFound(text=f"{relative} is not a kernel or initrd of any image")
     root = provisioner.settings.assets_dir.resolve()
     path = (root / relative).resolve()
     if not path.is_relative_to(root) or not path.is_file():
@@ -69,12 +74,13 @@ def _asset_path(provisioner: Provisioner, profile: str, name: str) -> Path:
 
 
 async def asset(request: web.Request) -> web.StreamResponse:
+    """A kernel or initrd, by its path in the inventory (/boot/nixos/<profile>/bzImage in
+    the reference layout)."""
     provisioner = request.app[PROVISIONER]
-    profile = request.match_info["profile"]
-    path = _asset_path(provisioner, profile, request.match_info["name"])
-    image = provisioner.inventory.images[provisioner.inventory.profiles[profile].image]
+    relative = request.match_info["path"]
+    path = _asset_path(provisioner, relative)
     response = web.FileResponse(path, chunk_size=1 << 20)
-    response.headers["X-Image-Version"] = image.version
+    response.headers["X-Image-Version"] = image_files(provisioner)[relative]
     return response
 
 
@@ -92,12 +98,15 @@ def sha256_of(path: Path) -> str:
 
 
 async def checksums(request: web.Request) -> web.Response:
-    """SHA256SUMS for a profile's image, in the format `sha256sum -c` reads."""
+    """SHA256SUMS of every image file, in the format `sha256sum -c` reads from /boot/."""
     provisioner = request.app[PROVISIONER]
-    profile = request.match_info["profile"]
+    loop = asyncio.get_running_loop()
     lines = []
-    for name in ASSET_NAMES:
-        path = _asset_path(provisioner, profile, name)
-        digest = await asyncio.get_running_loop().run_in_executor(None, sha256_of, path)
-        lines.append(f"{digest}  {name}\n")
+    for relative in sorted(image_files(provisioner)):
+        try:
+            path = _asset_path(provisioner, relative)
+        except web.HTTPNotFound:
+            continue  # an image not built yet is simply not listed
+        digest = await loop.run_in_executor(None, sha256_of, path)
+        lines.append(f"{digest}  {relative}\n")
     return web.Response(text="".join(lines), content_type="text/plain")

@@ -13,8 +13,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from plasmaboot.cluster.cli import app as cluster_app
+from plasmaboot.firstboot.command import firstboot_command
 from plasmaboot.inventory import Inventory, InventoryError, load_inventory
 from plasmaboot.lab.cli import app as lab_app
+from plasmaboot.pki.cli import app as pki_app
+from plasmaboot.render.command import render_command
 from plasmaboot.store import EventRecord, NodeRecord, Store, open_store
 
 app = typer.Typer(no_args_is_help=True, help="Bare-metal provisioning for PlasmaCloud clusters.")
@@ -23,6 +27,10 @@ node_app = typer.Typer(no_args_is_help=True, help="Nodes, their lifecycle state 
 app.add_typer(inventory_app, name="inventory")
 app.add_typer(node_app, name="node")
 app.add_typer(lab_app, name="lab")
+app.add_typer(pki_app, name="pki", help="Cluster CA and node certificates (SANs, expiry).")
+app.add_typer(cluster_app, name="cluster", help="Operator checks of the running cluster.")
+app.command("render")(render_command)
+app.command("firstboot")(firstboot_command)
 
 out = Console()
 err = Console(stderr=True)

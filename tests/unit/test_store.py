@@ -139,12 +139,11 @@ def test_leases_survive_reopen(tmp_path: Path) -> None:
     assert len(leases) == 19 and leases["10.77.0.100"].state == "released"
 
 
-def test_one_time_token_cannot_be_replayed(tmp_path: Path) -> None:
+def test_a_token_hash_can_be_claimed_once(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "db")
-    store.save_token(Token("h1", "node01", "agent", 1.0, 100.0, None))
-    assert store.use_token("h1", 2.0)
-    assert not store.use_token("h1", 3.0)
+    assert store.claim_token(Token("h1", "node01", "boot", 1.0, 100.0, 1.0))
+    assert not store.claim_token(Token("h1", "node01", "boot", 2.0, 100.0, 2.0))
     token = store.get_token("h1")
-    assert token is not None and token.used_at == 2.0
+    assert token is not None and token.used_at == 1.0
     store.revoke_tokens("node01")
     assert store.get_token("h1") is None

@@ -3,8 +3,8 @@ Range on images, health. In-process aiohttp server on loopback; no root needed."
 
 from __future__ import annotations
 
+import base64
 import re
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -181,25 +181,32 @@ async def test_token_of_one_node_cannot_move_another(harness: Harness) -> None:
 
 
 async def test_expired_token_is_refused(harness: Harness) -> None:
+    harness.provisioner.tokens.boot_ttl_s = -1
     token = await harness.boot_token()
-    record = harness.store.get_token(token_hash(token))
-    assert record is not None
-    with harness.store._tx() as conn:
-        conn.execute(
-            "UPDATE tokens SET expires_at = ? WHERE token_hash = ?",
-            (time.time() - 1, record.token_hash),
-        )
     response = await harness.client.post(
         "/api/v1/agent/lookup", json={"mac": MAC}, headers=bearer(token)
     )
     assert response.status == 401 and "expired" in await response.text()
 
 
-async def test_tokens_are_stored_hashed(harness: Harness) -> None:
+async def test_forged_boot_token_is_refused(harness: Harness) -> None:
     token = await harness.boot_token()
-    raw = (harness.store.path).read_bytes() + Path(f"{harness.store.path}-wal").read_bytes()
-    assert token.encode() not in raw
-    assert harness.store.get_token(token_hash(token)) is not None
+    encoded, _, signature = token.partition(".")
+    forged = base64.urlsafe_b64encode(b"node01|9999999999|00").decode().rstrip("=")
+    for bad in (f"{forged}.{signature}", f"{encoded}.{signature[:-2]}xx", "garbage", ""):
+        response = await harness.client.post(
+            "/api/v1/agent/lookup", json={"mac": MAC}, headers=bearer(bad)
+        )
+        assert response.status == 401, bad
+
+
+async def test_tokens_are_stored_only_hashed(harness: Harness) -> None:
+    token = await harness.boot_token()
+    assert harness.store.get_token(token_hash(token)) is None  # issuing writes nothing
+    session = await harness.session()
+    raw = harness.store.path.read_bytes() + Path(f"{harness.store.path}-wal").read_bytes()
+    assert session.encode() not in raw
+    assert harness.store.get_token(token_hash(session)) is not None
 
 
 async def test_illegal_report_is_409_naming_state_and_allowed(harness: Harness) -> None:

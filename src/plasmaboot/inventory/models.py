@@ -12,7 +12,7 @@ import re
 from ipaddress import IPv4Address, IPv4Network
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 _MAC_RE = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$")
 _HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -179,6 +179,9 @@ class Node(Strict):
 
 
 class Inventory(Strict):
+    _by_hostname: dict[str, Node] = PrivateAttr(default_factory=dict)
+    _by_mac: dict[str, Node] = PrivateAttr(default_factory=dict)
+
     cluster: Cluster
     networks: tuple[Network, ...] = Field(min_length=1)
     server: Server
@@ -197,12 +200,16 @@ class Inventory(Strict):
             raise LookupError("the inventory has no network named 'provisioning'")
         return net
 
+    def model_post_init(self, context: object, /) -> None:
+        # Indexes for the per-request lookups of serve (1,000 nodes make a scan show up).
+        self._by_hostname = {n.hostname: n for n in self.nodes}
+        self._by_mac = {mac: n for n in self.nodes for mac in n.macs}
+
     def node(self, hostname: str) -> Node | None:
-        return next((n for n in self.nodes if n.hostname == hostname), None)
+        return self._by_hostname.get(hostname)
 
     def node_by_mac(self, mac: str) -> Node | None:
-        mac = normalize_mac(mac)
-        return next((n for n in self.nodes if mac in n.macs), None)
+        return self._by_mac.get(normalize_mac(mac))
 
     def fqdn(self, node: Node) -> str:
         return f"{node.hostname}.{self.cluster.domain}"

@@ -18,7 +18,7 @@ from prometheus_client import Counter, Histogram
 from plasmaboot.inventory import Inventory, Node
 from plasmaboot.lifecycle import TRANSITIONS, Event, IllegalTransition
 from plasmaboot.store import EventRecord, NodeRecord, Store
-from plasmaboot.web.tokens import AgentTokens
+from plasmaboot.web.tokens import AgentTokens, signing_key
 
 log = logging.getLogger("plasmaboot.serve")
 
@@ -56,7 +56,7 @@ class Provisioner:
     probes: dict[str, Callable[[], str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.tokens = AgentTokens(self.store)
+        self.tokens = AgentTokens(self.store, signing_key(self.settings.state_dir))
 
     def spec_of(self, record: NodeRecord) -> Node | None:
         return self.inventory.node(record.hostname) if record.in_inventory else None

@@ -360,11 +360,12 @@ class SqliteStore:
 
     # ---- tokens ----------------------------------------------------------------
 
-    def save_token(self, token: Token) -> None:
+    def claim_token(self, token: Token) -> bool:
+        """Insert a token record; False if its hash is already there (a replay)."""
         with self._tx() as conn:
-            conn.execute(
-                "INSERT INTO tokens (token_hash, hostname, purpose, created_at, expires_at, "
-                "used_at) VALUES (?, ?, ?, ?, ?, ?)",
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO tokens (token_hash, hostname, purpose, created_at, "
+                "expires_at, used_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (
                     token.token_hash,
                     token.hostname,
@@ -374,6 +375,7 @@ class SqliteStore:
                     token.used_at,
                 ),
             )
+            return cur.rowcount == 1
 
     def get_token(self, token_hash: str) -> Token | None:
         r = self._conn.execute(
@@ -389,15 +391,6 @@ class SqliteStore:
             r["expires_at"],
             r["used_at"],
         )
-
-    def use_token(self, token_hash: str, now: float) -> bool:
-        """Mark a one-time token used; False if it was already used (a replay)."""
-        with self._tx() as conn:
-            cur = conn.execute(
-                "UPDATE tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL",
-                (now, token_hash),
-            )
-            return cur.rowcount == 1
 
     def revoke_tokens(self, hostname: str) -> None:
         with self._tx() as conn:

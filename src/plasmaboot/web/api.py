@@ -18,7 +18,7 @@ from plasmaboot.inventory import normalize_mac
 from plasmaboot.lifecycle import Event, IllegalTransition, allowed_events
 from plasmaboot.store import NodeRecord
 from plasmaboot.web.boot import PROVISIONER
-from plasmaboot.web.tokens import TokenPurpose, TokenRefused
+from plasmaboot.web.tokens import TokenRefused
 
 Body = TypeVar("Body", bound=BaseModel)
 
@@ -185,7 +185,7 @@ async def agent_report(request: web.Request) -> web.Response:
     provisioner = request.app[PROVISIONER]
     body = await parse_body(request, ReportRequest)
     try:
-        token = provisioner.tokens.verify(bearer(request) or "", TokenPurpose.SESSION)
+        token = provisioner.tokens.verify_session(bearer(request) or "")
     except TokenRefused as exc:
         raise error(exc.status, exc.reason) from None
     claimed = body.detail.get("node")

@@ -12,7 +12,6 @@ from plasmaboot.lifecycle import BOOTS_FROM_DISK, Event, State
 from plasmaboot.render import ipxe
 from plasmaboot.serve.context import Provisioner
 from plasmaboot.store import NodeRecord
-from plasmaboot.web.tokens import TokenPurpose
 
 NODE_SCRIPT_PATH = "/boot/ipxe/node/{mac}.ipxe"
 
@@ -58,7 +57,7 @@ def stop_script(reason: str) -> str:
 
 
 def _kernel_args(provisioner: Provisioner, node: Node, stage: str) -> str:
-    token = provisioner.tokens.issue(node.hostname, TokenPurpose.BOOT)
+    token = provisioner.tokens.issue_boot(node.hostname)
     base = provisioner.settings.http_base
     return f"plasmaboot.url={base} plasmaboot.token={token} plasmaboot.stage={stage}"
 

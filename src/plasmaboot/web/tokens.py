@@ -1,25 +1,31 @@
 """Agent tokens, after Ironic's agent token: a boot token, then a session token.
 
-The per-node boot script puts a fresh *boot token* on the installer's kernel command line.
-The agent exchanges it exactly once (lookup) for a *session token* that authenticates its
-reports until it expires. Both are stored only as SHA-256 hashes and are bound to one
-node, so a token seen on one machine's console cannot move another machine, and a boot
-token replayed after its use is refused.
+The per-node boot script puts a *boot token* on the installer's kernel command line. It
+is signed (HMAC-SHA256 with a key kept 0600 in the state directory) and names its node
+and expiry, so handing one out costs no store write: a machine stuck in a netboot loop
+cannot grow the database. The agent exchanges it exactly once (lookup): the exchange
+records the token's hash, so a replay is refused, and returns a *session token*, stored
+only as a hash, that authenticates the agent's reports until it expires. Both are bound
+to one node: a token seen on one machine's console cannot move another machine.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import os
 import secrets
 import time
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
 from plasmaboot.store import Store, Token
 
 BOOT_TTL_S = 2 * 3600
 SESSION_TTL_S = 24 * 3600
+KEY_FILE = "agent-token.key"
 
 
 class TokenPurpose(StrEnum):
@@ -44,36 +50,82 @@ def constant_time_equal(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
 
 
+def signing_key(state_dir: Path) -> bytes:
+    """The boot-token key: made once, 0600, never logged."""
+    path = state_dir / KEY_FILE
+    if not path.exists():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another server sharing the directory made it first
+            return path.read_bytes()
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(secrets.token_bytes(32))
+    return path.read_bytes()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
 @dataclass
 class AgentTokens:
     store: Store
+    key: bytes
     boot_ttl_s: float = BOOT_TTL_S
     session_ttl_s: float = SESSION_TTL_S
 
-    def issue(self, hostname: str, purpose: TokenPurpose) -> str:
-        token = secrets.token_urlsafe(32)
-        now = time.time()
-        ttl = self.boot_ttl_s if purpose is TokenPurpose.BOOT else self.session_ttl_s
-        self.store.save_token(Token(token_hash(token), hostname, purpose, now, now + ttl, None))
-        return token
+    def _sign(self, payload: str) -> str:
+        return _b64(hmac.new(self.key, payload.encode(), hashlib.sha256).digest())
 
-    def verify(self, token: str, purpose: TokenPurpose, hostname: str | None = None) -> Token:
-        """The stored token, or TokenRefused (401 unknown/expired/replayed, 403 other node)."""
-        record = self.store.get_token(token_hash(token))
-        now = time.time()
-        if record is None or record.purpose != purpose:
-            raise TokenRefused(401, f"unknown {purpose} token")
-        if record.expires_at < now:
-            raise TokenRefused(401, f"{purpose} token expired; netboot the node again")
-        if hostname is not None and record.hostname != hostname:
-            raise TokenRefused(403, "this token belongs to another node")
-        if purpose is TokenPurpose.BOOT and record.used_at is not None:
-            raise TokenRefused(401, "boot token already used (one-time)")
-        return record
+    def issue_boot(self, hostname: str) -> str:
+        expires = int(time.time() + self.boot_ttl_s)
+        payload = f"{hostname}|{expires}|{secrets.token_hex(8)}"
+        return f"{_b64(payload.encode())}.{self._sign(payload)}"
+
+    def _open_boot(self, token: str) -> tuple[str, int]:
+        """(node, expiry) of a genuine boot token, or TokenRefused(401)."""
+        encoded, _, signature = token.partition(".")
+        try:
+            payload = _unb64(encoded).decode()
+            hostname, expires, _nonce = payload.split("|")
+            expiry = int(expires)
+        except (ValueError, UnicodeDecodeError):
+            raise TokenRefused(401, "unknown boot token") from None
+        if not hmac.compare_digest(signature, self._sign(payload)):
+            raise TokenRefused(401, "unknown boot token")
+        return hostname, expiry
 
     def exchange(self, boot_token: str, hostname: str) -> str:
         """Spend a boot token (once) for a session token of the same node."""
-        record = self.verify(boot_token, TokenPurpose.BOOT, hostname)
-        if not self.store.use_token(record.token_hash, time.time()):
+        owner, expiry = self._open_boot(boot_token)
+        now = time.time()
+        if expiry < now:
+            raise TokenRefused(401, "boot token expired; netboot the node again")
+        if owner != hostname:
+            raise TokenRefused(403, "this token belongs to another node")
+        spent = Token(token_hash(boot_token), owner, TokenPurpose.BOOT, now, expiry, now)
+        if not self.store.claim_token(spent):
             raise TokenRefused(401, "boot token already used (one-time)")
-        return self.issue(record.hostname, TokenPurpose.SESSION)
+        return self.issue_session(owner)
+
+    def issue_session(self, hostname: str) -> str:
+        token = secrets.token_urlsafe(32)
+        now = time.time()
+        record = Token(token_hash(token), hostname, TokenPurpose.SESSION, now,
+                       now + self.session_ttl_s, None)  # fmt: skip
+        self.store.claim_token(record)
+        return token
+
+    def verify_session(self, token: str) -> Token:
+        """The stored session token, or TokenRefused(401) when unknown or expired."""
+        record = self.store.get_token(token_hash(token))
+        if record is None or record.purpose != TokenPurpose.SESSION:
+            raise TokenRefused(401, "unknown session token")
+        if record.expires_at < time.time():
+            raise TokenRefused(401, "session token expired; netboot the node again")
+        return record

@@ -1,0 +1,192 @@
+"""NixOS for the nodes: a flake with one system per node, each node's configuration.nix and
+disko.nix, the per-profile firewall and first-boot modules, and the netboot installer base.
+
+Layout follows the runbook (`nodes/<fqdn>/`, `nixos-rebuild --flake .#<hostname>`).
+Secrets (cluster-config.json, keys) are not here: nixos-anywhere copies them to
+/etc/nixos/secrets with --extra-files, so they never enter the Nix store.
+"""
+
+from __future__ import annotations
+
+from plasmaboot.inventory.models import Inventory, Node
+from plasmaboot.render.common import (
+    HEADER,
+    Files,
+    RenderContext,
+    cluster_network,
+    nix_list,
+    nix_string,
+)
+from plasmaboot.render.firewall import nixos_firewall
+from plasmaboot.render.ipxe import SERIAL_CONSOLE
+from plasmaboot.render.systemd import nixos_module
+
+STATE_VERSION = "24.11"
+
+
+def _flake(inv: Inventory) -> str:
+    systems = "\n".join(
+        f"        {node.hostname} = system ./nodes/{inv.fqdn(node)}/configuration.nix;"
+        for node in inv.nodes
+    )
+    return f"""\
+# {HEADER}
+{{
+  description = {nix_string(f"PlasmaCloud cluster {inv.cluster.name}: one system per node")};
+  inputs = {{
+    nixpkgs.url = "github:NixOS/nixpkgs/nixos-{STATE_VERSION}";
+    disko.url = "github:nix-community/disko";
+    disko.inputs.nixpkgs.follows = "nixpkgs";
+  }};
+  outputs = {{ nixpkgs, disko, ... }}:
+    let
+      system = configuration: nixpkgs.lib.nixosSystem {{
+        system = "x86_64-linux";
+        modules = [ disko.nixosModules.disko configuration ];
+      }};
+    in {{
+      nixosConfigurations = {{
+{systems}
+      }};
+    }};
+}}
+"""
+
+
+def _interface(name: str, address: str, prefix: int) -> list[str]:
+    return [
+        f"    interfaces.{name} = {{",
+        "      useDHCP = false;",
+        f"      ipv4.addresses = [ {{ address = {nix_string(address)}; "
+        f"prefixLength = {prefix}; }} ];",
+        "    };",
+    ]
+
+
+def _networking(inv: Inventory, node: Node) -> list[str]:
+    """eth0 on provisioning, eth1 on production (the runbook's layout), default route on
+    the cluster network."""
+    provisioning = inv.provisioning
+    lines = [
+        "  networking = {",
+        f"    hostName = {nix_string(node.hostname)};",
+        f"    domain = {nix_string(inv.cluster.domain)};",
+        "    usePredictableInterfaceNames = false;",
+        *_interface("eth0", str(node.provisioning_ip), provisioning.subnet.prefixlen),
+    ]
+    production = inv.network("production")
+    if production is not None and node.production_ip is not None:
+        lines += _interface("eth1", str(node.production_ip), production.subnet.prefixlen)
+    route = cluster_network(inv)
+    device = "eth1" if route is production and node.production_ip is not None else "eth0"
+    if route.gateway is not None:
+        lines.append(
+            f"    defaultGateway = {{ address = {nix_string(str(route.gateway))}; "
+            f"interface = {nix_string(device)}; }};"
+        )
+    dns = [str(ip) for ip in (route.dns or provisioning.dns)]
+    lines += [f"    nameservers = {nix_list(dns)};", "  };"]
+    return lines
+
+
+def _configuration(inv: Inventory, node: Node) -> str:
+    keys = nix_list(list(inv.server.ssh_authorized_keys))
+    return (
+        "\n".join(
+            [
+                f"# {HEADER}",
+                f"# {inv.fqdn(node)}: profile {node.profile} (role {inv.role_of(node)})",
+                "{ modulesPath, ... }:",
+                "{",
+                "  imports = [",
+                '    (modulesPath + "/installer/scan/not-detected.nix")',
+                "    ./disko.nix",
+                f"    ../../profiles/{node.profile}/firewall.nix",
+                f"    ../../profiles/{node.profile}/first-boot.nix",
+                "  ];",
+                "",
+                *_networking(inv, node),
+                "",
+                "  boot.loader.grub = {",
+                "    enable = true;",
+                "    efiSupport = true;",
+                "    efiInstallAsRemovable = true;",
+                "  };",
+                f"  boot.kernelParams = {nix_list([SERIAL_CONSOLE, 'console=tty0'])};",
+                "",
+                "  services.openssh = {",
+                "    enable = true;",
+                "    settings.PasswordAuthentication = false;",
+                '    settings.PermitRootLogin = "prohibit-password";',
+                "  };",
+                f"  users.users.root.openssh.authorizedKeys.keys = {keys};",
+                "",
+                "  # Also set services.plasmaboot-firstboot.package (the plasmaboot package).",
+                "  services.plasmaboot-firstboot.enable = true;",
+                "",
+                f'  system.stateVersion = "{STATE_VERSION}";',
+                "}",
+            ]
+        )
+        + "\n"
+    )
+
+
+def _disko(node: Node) -> str:
+    """GPT with a BIOS boot partition and an ESP, so GRUB boots in BIOS and UEFI mode."""
+    return f"""\
+# {HEADER}
+{{
+  disko.devices.disk.main = {{
+    type = "disk";
+    device = {nix_string(node.disk)};
+    content = {{
+      type = "gpt";
+      partitions = {{
+        boot = {{ size = "1M"; type = "EF02"; }};
+        ESP = {{
+          size = "1G";
+          type = "EF00";
+          content = {{ type = "filesystem"; format = "vfat"; mountpoint = "/boot"; }};
+        }};
+        root = {{
+          size = "100%";
+          content = {{ type = "filesystem"; format = "ext4"; mountpoint = "/"; }};
+        }};
+      }};
+    }};
+  }};
+}}
+"""
+
+
+def _netboot_base(inv: Inventory) -> str:
+    """The installer every profile's netboot image starts from: SSH in with the server's keys."""
+    keys = nix_list(list(inv.server.ssh_authorized_keys))
+    return f"""\
+# {HEADER}
+{{ modulesPath, ... }}:
+{{
+  imports = [ (modulesPath + "/installer/netboot/netboot-minimal.nix") ];
+  boot.kernelParams = {nix_list([SERIAL_CONSOLE, "console=tty0"])};
+  services.openssh = {{
+    enable = true;
+    settings.PasswordAuthentication = false;
+    settings.PermitRootLogin = "prohibit-password";
+  }};
+  users.users.root.openssh.authorizedKeys.keys = {keys};
+  networking.firewall.allowedTCPPorts = [ 22 ];
+  system.stateVersion = "{STATE_VERSION}";
+}}
+"""
+
+
+def render_nixos(inv: Inventory, ctx: RenderContext) -> Files:
+    files: Files = {"flake.nix": _flake(inv), "netboot-base.nix": _netboot_base(inv)}
+    for name, profile in sorted(inv.profiles.items()):
+        files[f"profiles/{name}/firewall.nix"] = nixos_firewall(inv, name, profile)
+        files[f"profiles/{name}/first-boot.nix"] = nixos_module(name, profile)
+    for node in inv.nodes:
+        files[f"nodes/{inv.fqdn(node)}/configuration.nix"] = _configuration(inv, node)
+        files[f"nodes/{inv.fqdn(node)}/disko.nix"] = _disko(node)
+    return files

@@ -1,0 +1,282 @@
+"""Every rendered file of both shipped inventories passes the real tool that consumes it.
+
+Kea and nginx bind/select the inventory's interface and address even with -t, so they run
+in a network namespace of this test's own (pbr-*) holding exactly that interface and address.
+Each validator is also fed a deliberately broken file, to show the check can fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from plasmaboot.firstboot.schema import validate_cluster_config
+from plasmaboot.inventory import Inventory, load_inventory, parse_inventory
+from plasmaboot.render import RenderContext, render, write_files
+from plasmaboot.render.kea import render_kea
+
+pytestmark = pytest.mark.integration
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+INVENTORIES = ["plasmacloud", "lab"]
+
+
+def require(binary: str) -> str:
+    path = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/sbin")
+    if path is None:
+        print(f"SKIP reason: {binary} is not installed")
+        pytest.skip(f"{binary} is not installed")
+    return path
+
+
+def run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> bool:
+    return result.returncode == 0
+
+
+def _lab_with_overrides() -> Inventory:
+    """The lab plus a two-NIC node with PXE and HTTP-boot overrides: the branches the
+    shipped inventories leave unused."""
+    import yaml
+
+    data = yaml.safe_load((EXAMPLES / "lab" / "cluster.yaml").read_text())
+    data["nodes"][0]["macs"].append("52:54:00:aa:bb:cc")
+    data["nodes"][0]["boot_overrides"] = {"7": "snponly.efi", "16": "ipxe-http.efi"}
+    return parse_inventory(data)
+
+
+@pytest.fixture(params=[*INVENTORIES, "lab+overrides"])
+def inv(request: pytest.FixtureRequest) -> Inventory:
+    if request.param == "lab+overrides":
+        return _lab_with_overrides()
+    return load_inventory(EXAMPLES / request.param / "cluster.yaml")
+
+
+@pytest.fixture
+def rendered(inv: Inventory, tmp_path: Path) -> Path:
+    out = tmp_path / "out"
+    write_files(out, render("all", inv, RenderContext()))
+    return out
+
+
+@pytest.fixture
+def server_netns(inv: Inventory) -> Iterator[str]:
+    """A namespace with the inventory's DHCP interfaces, the server address on the first."""
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    require("ip")
+    name = f"pbr-v{os.getpid() % 100000}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        interfaces = [n.dhcp.interface for n in inv.networks if n.dhcp and n.dhcp.interface]
+        for index, interface in enumerate(interfaces or ["eth0"]):
+            # A veth pair (the peer stays inside too): dummy links need a module not always there.
+            link = ["ip", "-n", name, "link", "add", interface, "type", "veth"]
+            subprocess.run([*link, "peer", "name", f"pbr-peer{index}"], check=True)
+            subprocess.run(["ip", "-n", name, "link", "set", interface, "up"], check=True)
+            if index == 0:
+                prefix = inv.provisioning.subnet.prefixlen
+                address = f"{inv.server.provisioning_ip}/{prefix}"
+                add = ["ip", "-n", name, "addr", "add", address, "dev", interface]
+                subprocess.run(add, check=True)
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def test_dhcpd_accepts_the_rendered_config(rendered: Path) -> None:
+    dhcpd = require("dhcpd")
+    result = run(dhcpd, "-4", "-t", "-cf", str(rendered / "dhcpd" / "dhcpd.conf"))
+    assert ok(result), result.stderr
+
+
+def test_kea_accepts_the_rendered_config(inv: Inventory, tmp_path: Path, server_netns: str) -> None:
+    kea = require("kea-dhcp4")
+    files = render_kea(inv, RenderContext(), lease_file=str(tmp_path / "kea-leases4.csv"))
+    write_files(tmp_path, files)
+    result = run("ip", "netns", "exec", server_netns, kea, "-t", str(tmp_path / "kea-dhcp4.json"))
+    assert ok(result), result.stdout + result.stderr
+
+
+def test_dnsmasq_accepts_the_rendered_config(rendered: Path) -> None:
+    dnsmasq = require("dnsmasq")
+    result = run(dnsmasq, "--test", "-C", str(rendered / "dnsmasq" / "dnsmasq.conf"))
+    assert ok(result), result.stderr
+    assert "syntax check OK" in result.stderr + result.stdout
+
+
+def test_nginx_accepts_the_rendered_config(rendered: Path, server_netns: str) -> None:
+    nginx = require("nginx")
+    prefix = rendered / "nginx"
+    result = run(
+        "ip", "netns", "exec", server_netns,
+        nginx, "-t", "-p", str(prefix), "-c", "nginx.conf", "-e", str(prefix / "error.log"),
+    )  # fmt: skip
+    assert ok(result), result.stderr
+
+
+def test_named_checkzone_accepts_every_zone(inv: Inventory, rendered: Path) -> None:
+    checkzone = require("named-checkzone")
+    zones = sorted((rendered / "zones").glob("*.zone"))
+    assert f"{inv.cluster.domain}.zone" in [z.name for z in zones]
+    assert any(z.name.endswith(".in-addr.arpa.zone") for z in zones)
+    for zone in zones:
+        origin = zone.name.removesuffix(".zone")
+        result = run(checkzone, "-k", "fail", "-m", "fail", "-M", "fail", origin, str(zone))
+        assert ok(result), result.stdout
+
+
+def test_named_checkconf_loads_the_zone_statements(rendered: Path) -> None:
+    checkconf = require("named-checkconf")
+    zones = rendered / "zones"
+    wrapper = zones / "named.conf.test"
+    wrapper.write_text(
+        f'options {{ directory "{zones}"; }};\ninclude "{zones}/named.conf.zones";\n'
+    )
+    result = run(checkconf, "-z", str(wrapper))
+    assert ok(result), result.stdout + result.stderr
+
+
+def test_nft_accepts_every_ruleset(rendered: Path) -> None:
+    nft = require("nft")
+    rulesets = sorted((rendered / "nftables").glob("*.nft"))
+    assert len(rulesets) == 3
+    for ruleset in rulesets:
+        result = run(nft, "-c", "-f", str(ruleset))
+        assert ok(result), f"{ruleset.name}: {result.stderr}"
+
+
+def test_iptables_restore_accepts_every_ruleset(rendered: Path) -> None:
+    restore = require("iptables-restore")
+    for rules in sorted((rendered / "iptables").glob("*.rules")):
+        result = run(restore, "--test", str(rules))
+        assert ok(result), f"{rules.name}: {result.stderr}"
+
+
+def test_nix_parses_every_nix_file(rendered: Path) -> None:
+    instantiate = require("nix-instantiate")
+    nix_files = sorted(rendered.rglob("*.nix"))
+    assert len(nix_files) >= 10
+    for nix_file in nix_files:
+        result = run(instantiate, "--parse", str(nix_file))
+        assert ok(result), f"{nix_file}: {result.stderr}"
+
+
+def test_every_cluster_config_on_disk_is_schema_valid_and_private(
+    inv: Inventory, rendered: Path
+) -> None:
+    configs = sorted((rendered / "cluster-config").glob("*/cluster-config.json"))
+    assert len(configs) == len(inv.nodes)
+    for config in configs:
+        assert validate_cluster_config(json.loads(config.read_text())) == [], config
+        assert config.stat().st_mode & 0o777 == 0o600
+
+
+def _with_mode(mode: str) -> Inventory:
+    import yaml
+
+    data = yaml.safe_load((EXAMPLES / "lab" / "cluster.yaml").read_text())
+    data["networks"][0]["dhcp"]["mode"] = mode
+    if mode != "full":
+        del data["networks"][0]["dhcp"]["pool"]
+    return parse_inventory(data)
+
+
+@pytest.mark.parametrize("mode", ["full", "reservation", "proxy"])
+def test_dnsmasq_accepts_every_dhcp_mode(mode: str, tmp_path: Path) -> None:
+    dnsmasq = require("dnsmasq")
+    write_files(tmp_path, render("dnsmasq", _with_mode(mode), RenderContext()))
+    result = run(dnsmasq, "--test", "-C", str(tmp_path / "dnsmasq.conf"))
+    assert ok(result), result.stderr
+
+
+def test_dhcpd_accepts_reservation_only_mode(tmp_path: Path) -> None:
+    dhcpd = require("dhcpd")
+    write_files(tmp_path, render("dhcpd", _with_mode("reservation"), RenderContext()))
+    conf = tmp_path / "dhcpd.conf"
+    assert "range " not in conf.read_text()
+    result = run(dhcpd, "-4", "-t", "-cf", str(conf))
+    assert ok(result), result.stderr
+
+
+def test_nginx_serves_the_rendered_boot_tree(
+    inv: Inventory, rendered: Path, server_netns: str
+) -> None:
+    nginx = require("nginx")
+    prefix = rendered / "nginx"
+    shutil.copytree(rendered / "ipxe", prefix / "www" / "boot" / "ipxe")
+    # pytest temp dirs are 0700: let the workers run as root rather than as nobody.
+    server = subprocess.Popen(
+        [
+            "ip", "netns", "exec", server_netns, nginx, "-p", str(prefix), "-c", "nginx.conf",
+            "-e", str(prefix / "error.log"), "-g", "daemon off; user root;",
+        ],
+    )  # fmt: skip
+    try:
+        base = f"http://{inv.server.provisioning_ip}:{inv.server.http_port}"
+        mac = inv.nodes[0].macs[0]
+        fetch = FETCH.format(base=base, mac=mac)
+        result = run("ip", "netns", "exec", server_netns, sys.executable, "-c", fetch)
+        assert ok(result), result.stderr
+        health, cache, script, node_script = json.loads(result.stdout)
+        assert json.loads(health)["status"] == "healthy"
+        assert cache == "no-store"
+        assert script == (rendered / "ipxe" / "boot.ipxe").read_text()
+        assert node_script == (rendered / "ipxe" / "node" / f"{mac}.ipxe").read_text()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+FETCH = """
+import json, time, urllib.request
+for _ in range(50):
+    try:
+        health = urllib.request.urlopen("{base}/health", timeout=2).read().decode()
+        break
+    except OSError:
+        time.sleep(0.1)
+boot = urllib.request.urlopen("{base}/boot/ipxe/boot.ipxe", timeout=2)
+node = urllib.request.urlopen("{base}/boot/ipxe/node/{mac}.ipxe", timeout=2)
+print(json.dumps([health, boot.headers["Cache-Control"], boot.read().decode(),
+                  node.read().decode()]))
+"""
+
+
+BREAKAGES = {
+    "dhcpd": ("dhcpd/dhcpd.conf", "subnet 10.0.0.0 netmask {\n"),
+    "dnsmasq": ("dnsmasq/dnsmasq.conf", "dhcp-range=nonsense\n"),
+    "zone": ("zones/example.com.zone", "node01 IN A 10.0.200.300\n"),
+    "nft": ("nftables/worker.nft", "table inet plasmaboot { chain input { tcp dport x } }\n"),
+    "iptables": ("iptables/worker.rules", "*filter\n-A INPUT --bogus\nCOMMIT\n"),
+    "nix": ("nixos/flake.nix", "{ a = ; }\n"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BREAKAGES))
+def test_the_validators_reject_a_broken_file(name: str, tmp_path: Path) -> None:
+    inv = load_inventory(EXAMPLES / "plasmacloud" / "cluster.yaml")
+    write_files(tmp_path, render("all", inv, RenderContext()))
+    relative, garbage = BREAKAGES[name]
+    path = tmp_path / relative
+    path.write_text(path.read_text() + garbage)
+    commands = {
+        "dhcpd": [require("dhcpd"), "-4", "-t", "-cf", str(path)],
+        "dnsmasq": [require("dnsmasq"), "--test", "-C", str(path)],
+        "zone": [require("named-checkzone"), "example.com", str(path)],
+        "nft": [require("nft"), "-c", "-f", str(path)],
+        "iptables": [require("iptables-restore"), "--test", str(path)],
+        "nix": [require("nix-instantiate"), "--parse", str(path)],
+    }
+    assert not ok(run(*commands[name]))

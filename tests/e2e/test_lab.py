@@ -23,6 +23,7 @@ BOOT_TIMEOUT_S = 600
 
 pytestmark = [
     pytest.mark.e2e,
+    pytest.mark.timeout(BOOT_TIMEOUT_S * 2 + 300),
     pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root for namespaces and taps"),
     pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="QEMU not installed"),
 ]

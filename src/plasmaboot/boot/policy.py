@@ -51,7 +51,7 @@ class ClientFacts:
 class BootDecision:
     kind: BootKind
     filename: str | None
-    vendor_class: str | None  # option 60 to send back ("HTTPClient" for HTTP boot)
+    vendor_class: str | None  # option 60 to send back: "HTTPClient" for HTTP boot only
     reason: str
 
 
@@ -105,4 +105,7 @@ def dhcp_boot(
         return BootDecision(
             BootKind.HTTP, f"{http_base}/boot/ipxe/{bootfile}", "HTTPClient", f"HTTP boot, {why}"
         )
-    return BootDecision(BootKind.TFTP, bootfile, "PXEClient", f"PXE, {why}")
+    # No option 60 here: EDK2 reads a full-DHCP offer that says "PXEClient" without PXE
+    # option 43 as a BINL offer and goes to port 4011 instead of booting the file named.
+    # ProxyDHCP replies add PXEClient and option 43 themselves.
+    return BootDecision(BootKind.TFTP, bootfile, None, f"PXE, {why}")

@@ -204,7 +204,10 @@ def build_app(
     app[ADMIN_TOKEN] = admin_token
     app[RELOAD] = reload
     for route in ROUTES:
-        app.router.add_route(route.method, route.path, _guarded(route))
+        if route.method == "GET":  # UEFI HTTP Boot sends HEAD before GET
+            app.router.add_get(route.path, _guarded(route), allow_head=True)
+        else:
+            app.router.add_route(route.method, route.path, _guarded(route))
     collector = observe.LifecycleCollector(provisioner)
 
     async def register(_: web.Application) -> Any:

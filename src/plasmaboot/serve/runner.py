@@ -25,21 +25,19 @@ from plasmaboot.dhcp.server import DhcpServer
 from plasmaboot.inventory import Inventory, InventoryError, load_inventory
 from plasmaboot.serve.context import Provisioner, ServeSettings
 from plasmaboot.store import open_store
+from plasmaboot.tftp import DEBIAN_IPXE_LINK_ROOTS, DEBIAN_IPXE_ROOT
 from plasmaboot.tftp.metrics import record_transfer
 from plasmaboot.tftp.server import TftpServer
 from plasmaboot.web.app import build_app
 
 log = logging.getLogger("plasmaboot.serve")
 
-DEFAULT_TFTP_ROOT = Path("/usr/lib/ipxe")
-
-
 @dataclass
 class ServeOptions:
     config: Path
     state_dir: Path
     assets_dir: Path
-    tftp_root: Path = DEFAULT_TFTP_ROOT
+    tftp_root: Path = DEBIAN_IPXE_ROOT
     interface: str | None = None
     bind: str = "0.0.0.0"
     dhcp_port: int | None = None
@@ -145,6 +143,8 @@ class ProvisioningServer:
         self.provisioner.probes["http"] = lambda: "running"
         self.tftp = TftpServer(
             opts.tftp_root,
+            # Debian's ipxe.efi is a symlink into /boot: allow that link, and only that.
+            link_roots=DEBIAN_IPXE_LINK_ROOTS if opts.tftp_root == DEBIAN_IPXE_ROOT else (),
             host=opts.bind,
             port=opts.tftp_port or inv.server.tftp_port,
             interface=self.interface,

@@ -121,8 +121,10 @@ def download_rate(url: str, clients: int, size: int) -> float:
     """Aggregate GB/s of `clients` concurrent curl downloads of `url`."""
     started = time.perf_counter()
     procs = [
-        subprocess.Popen(["curl", "-sf", "-o", "/dev/null", "-w", "%{size_download}", url],
-                         stdout=subprocess.PIPE)
+        subprocess.Popen(
+            ["curl", "-sf", "-o", "/dev/null", "-w", "%{size_download}", url],
+            stdout=subprocess.PIPE,
+        )
         for _ in range(clients)
     ]
     sizes = [int(p.communicate(timeout=600)[0] or 0) for p in procs]
@@ -195,12 +197,23 @@ def main() -> None:
             for clients in (int(c) for c in args.clients.split(",")):
                 rates: dict[str, list[float]] = {"plasmaboot": [], "nginx": []}
                 for _ in range(args.runs):  # interleaved: both see the same machine noise
-                    rates["nginx"].append(download_rate(f"{ng}/boot/nixos/bench/initrd", clients, size))
-                    rates["plasmaboot"].append(download_rate(f"{pb}/boot/nixos/bench/initrd", clients, size))
+                    rates["nginx"].append(
+                        download_rate(f"{ng}/boot/nixos/bench/initrd", clients, size)
+                    )
+                    rates["plasmaboot"].append(
+                        download_rate(f"{pb}/boot/nixos/bench/initrd", clients, size)
+                    )
                 med = {k: statistics.median(v) for k, v in rates.items()}
-                results[f"initrd_{clients}_clients_GBps"] = {**med, "ratio": med["plasmaboot"] / med["nginx"], "runs": rates}
-                print(f"{args.size_mib} MiB x {clients}: plasmaboot {med['plasmaboot']:.2f} GB/s, "
-                      f"nginx {med['nginx']:.2f} GB/s, ratio {med['plasmaboot'] / med['nginx']:.2f}", flush=True)
+                results[f"initrd_{clients}_clients_GBps"] = {
+                    **med,
+                    "ratio": med["plasmaboot"] / med["nginx"],
+                    "runs": rates,
+                }
+                print(
+                    f"{args.size_mib} MiB x {clients}: plasmaboot {med['plasmaboot']:.2f} GB/s, "
+                    f"nginx {med['nginx']:.2f} GB/s, ratio {med['plasmaboot'] / med['nginx']:.2f}",
+                    flush=True,
+                )
             lua = work / "macs.lua"
             lua.write_text(WRK_LUA.format(nodes=NODES))
             scripts: dict[str, list[tuple[float, float]]] = {"plasmaboot": [], "nginx": []}

@@ -218,7 +218,8 @@ def serve(
 
     from plasmaboot.serve.runner import ServeError, ServeOptions, serve_forever
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    level = os.environ.get("PLASMABOOT_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s")
     options = ServeOptions(
         config=config,
         state_dir=state_dir,

@@ -32,6 +32,7 @@ from plasmaboot.web.app import build_app
 
 log = logging.getLogger("plasmaboot.serve")
 
+
 @dataclass
 class ServeOptions:
     config: Path

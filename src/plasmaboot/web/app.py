@@ -181,6 +181,11 @@ def _guarded(route: Route) -> Handler:
                     raise api.error(403, "not the admin token")
             response = await route.handler(request)
             status = response.status
+            if route.path.startswith("/boot/"):
+                # Firmware never closes its connections: it reboots or hands over to the
+                # kernel, and after a reboot iPXE can reuse the same source port. A kept-
+                # alive stale connection then answers its SYN and iPXE sees a reset.
+                response.force_close()
             return response
         except web.HTTPException as exc:
             status = exc.status

@@ -1,0 +1,45 @@
+"""BMC power control behind one async interface: ipmi, redfish and manual drivers."""
+
+from plasmaboot.power.base import (
+    BootDevice,
+    PowerDriver,
+    PowerState,
+    RetryPolicy,
+)
+from plasmaboot.power.credentials import resolve_password
+from plasmaboot.power.errors import (
+    BadCredentialsError,
+    BmcConfigurationError,
+    BmcUnreachableError,
+    CredentialSourceError,
+    FatalPowerError,
+    OperatorTimeoutError,
+    PowerError,
+    PowerStateTimeoutError,
+    RetryablePowerError,
+    UnsupportedOperationError,
+)
+from plasmaboot.power.manual import DEFAULT_CONFIRMATIONS, ManualConfirmations
+from plasmaboot.power.registry import DRIVERS, driver_for
+
+__all__ = [
+    "DEFAULT_CONFIRMATIONS",
+    "DRIVERS",
+    "BadCredentialsError",
+    "BmcConfigurationError",
+    "BmcUnreachableError",
+    "BootDevice",
+    "CredentialSourceError",
+    "FatalPowerError",
+    "ManualConfirmations",
+    "OperatorTimeoutError",
+    "PowerDriver",
+    "PowerError",
+    "PowerState",
+    "PowerStateTimeoutError",
+    "RetryPolicy",
+    "RetryablePowerError",
+    "UnsupportedOperationError",
+    "driver_for",
+    "resolve_password",
+]

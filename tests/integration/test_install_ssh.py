@@ -1,0 +1,172 @@
+"""InstallRunner driving a real ``ssh`` client against a real ``sshd`` on loopback.
+
+nixos-anywhere is an ssh client at heart (``root@{ip}``); these tests run the same shape of
+command, an argv template whose ``{ip}`` and ``{node}`` the runner fills, so the output
+streaming, exit codes, timeouts and an ssh control master left running are checked with
+the real programs rather than with a stand-in.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from plasmaboot.install import InstallRunner
+
+pytestmark = pytest.mark.integration
+
+SSHD_PORT = 17122
+
+SSHD_CONFIG = """\
+Port {port}
+ListenAddress 127.0.0.1
+HostKey {dir}/host_key
+AuthorizedKeysFile {dir}/authorized_keys
+PidFile {dir}/sshd.pid
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+UsePAM no
+StrictModes no
+"""
+
+
+@dataclass
+class SshHost:
+    directory: Path
+    client_key: Path
+
+    def command(self, remote: str, *ssh_options: str) -> list[str]:
+        """An install command template for this host, as an inventory would write it."""
+        return [
+            "ssh",
+            "-p",
+            str(SSHD_PORT),
+            "-i",
+            str(self.client_key),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            *ssh_options,
+            "root@{ip}",
+            remote,
+        ]
+
+
+@pytest.fixture(scope="module")
+def ssh_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshHost]:
+    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not (Path(sshd).exists() and shutil.which("ssh") and shutil.which("ssh-keygen")):
+        pytest.skip("sshd/ssh not installed (Debian packages openssh-server, openssh-client)")
+    if os.geteuid() != 0:
+        pytest.skip("sshd for root logins needs root")
+    base = tmp_path_factory.mktemp("pbp-sshd")
+    for key in ("host_key", "client_key"):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / key)], check=True
+        )
+    (base / "authorized_keys").write_text((base / "client_key.pub").read_text())
+    (base / "sshd_config").write_text(SSHD_CONFIG.format(port=SSHD_PORT, dir=base))
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
+    log = (base / "sshd.log").open("wb")
+    server = subprocess.Popen(
+        [sshd, "-D", "-e", "-f", str(base / "sshd_config")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(server)
+        yield SshHost(base, base / "client_key")
+    finally:
+        server.terminate()
+        server.wait(10)
+        log.close()
+
+
+def wait_for_port(server: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", SSHD_PORT), timeout=1).close()
+            return
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+async def test_install_over_ssh_streams_the_remote_output(ssh_host: SshHost) -> None:
+    remote = "echo installing {node}; for i in 1 2 3; do echo step $i; sleep 0.2; done"
+    lines: list[str] = []
+
+    result = await InstallRunner(max_concurrent=2, timeout_s=60).run(
+        "rack1-n1", ssh_host.command(remote), {"ip": "127.0.0.1", "flake": "x"}, lines.append
+    )
+
+    assert result.ok, result.tail
+    assert lines == ["installing rack1-n1", "step 1", "step 2", "step 3"]
+
+
+async def test_install_over_ssh_failure_reports_the_remote_exit_code_and_stderr(
+    ssh_host: SshHost,
+) -> None:
+    remote = "echo partitioning; echo 'disko: /dev/vda: no such disk' >&2; exit 7"
+
+    result = await InstallRunner(max_concurrent=1, timeout_s=60).run(
+        "rack1-n1", ssh_host.command(remote), {"ip": "127.0.0.1"}, lambda _: None
+    )
+
+    assert (result.ok, result.returncode, result.timed_out) == (False, 7, False)
+    assert result.tail == ["partitioning", "disko: /dev/vda: no such disk"]
+
+
+async def test_install_over_ssh_timeout_kills_the_client(ssh_host: SshHost) -> None:
+    remote = "echo started; sleep 300"
+
+    result = await InstallRunner(max_concurrent=1, timeout_s=3, kill_grace_s=1).run(
+        "rack1-n1", ssh_host.command(remote), {"ip": "127.0.0.1"}, lambda _: None
+    )
+
+    assert result.timed_out and not result.ok
+    assert result.tail[0] == "started"
+    assert 3 <= result.duration_s < 8
+
+
+async def test_a_persisting_ssh_control_master_does_not_hold_the_install(
+    ssh_host: SshHost,
+) -> None:
+    control = ssh_host.directory / "cm-%C"
+    options = (
+        "-o",
+        "ControlMaster=auto",
+        "-o",
+        "ControlPersist=120",
+        "-o",
+        f"ControlPath={control}",
+    )
+    command = ssh_host.command("echo installed", *options)
+    try:
+        result = await InstallRunner(max_concurrent=1, timeout_s=60, kill_grace_s=1).run(
+            "rack1-n1", command, {"ip": "127.0.0.1"}, lambda _: None
+        )
+        assert result.ok, result.tail
+        assert result.tail == ["installed"]
+        assert result.duration_s < 10
+    finally:
+        subprocess.run(
+            [*command[:-2], "-O", "exit", "root@127.0.0.1"], capture_output=True, timeout=10
+        )

@@ -1,0 +1,298 @@
+"""The ipmi driver against OpenIPMI's ``ipmi_sim`` (IPMI 2.0 lanplus on loopback).
+
+ipmi_sim hands chassis control to an external program (``chassis_control`` in lan.conf);
+the fixture's program records every power and boot-device change in files, which stand in
+for the machine the BMC drives: the tests check that side, not what the driver says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from plasmaboot.power import (
+    BadCredentialsError,
+    BmcUnreachableError,
+    BootDevice,
+    PowerDriver,
+    PowerState,
+    RetryPolicy,
+    driver_for,
+)
+
+pytestmark = pytest.mark.integration
+
+SIM_PORT = 17123
+CLOSED_PORT = 17124
+USER = "pbpadmin"
+PASSWORD = "pbpIpmiS3cr3t"  # ipmi_sim keeps at most 16 bytes
+
+LAN_CONF = """\
+name "pbpsim"
+set_working_mc 0x20
+  startlan 1
+    addr 127.0.0.1 {port}
+    priv_limit admin
+    allowed_auths_callback none md2 md5 straight
+    allowed_auths_user none md2 md5 straight
+    allowed_auths_operator none md2 md5 straight
+    allowed_auths_admin none md2 md5 straight
+    guid a123456789abcdefa123456789abcdef
+  endlan
+  chassis_control "{chassis} 0x20"
+  user 2 true "{user}" "{password}" admin 10 none md2 md5 straight
+"""
+
+EMU_COMMANDS = """\
+mc_setbmc 0x20
+mc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr
+sel_enable 0x20 1000 0x0a
+mc_enable 0x20
+"""
+
+# Called as: chassis <mc> get <parm>... | chassis <mc> set <parm> <value> [...]
+CHASSIS_PROGRAM = """\
+#!/bin/sh
+dir={machine}
+mc=$1; op=$2; shift 2
+echo "$op $*" >> "$dir/calls"
+if [ "$op" = get ]; then
+  for parm in "$@"; do
+    case $parm in
+      power) echo "power:$(cat "$dir/power" 2>/dev/null || echo 0)";;
+      boot) echo "boot:$(cat "$dir/boot" 2>/dev/null || echo default)";;
+    esac
+  done
+else
+  while [ $# -ge 2 ]; do
+    case $1 in
+      power) echo "$2" > "$dir/power";;
+      boot) echo "$2" > "$dir/boot";;
+    esac
+    shift 2
+  done
+fi
+"""
+
+
+@dataclass
+class Machine:
+    """What the simulated BMC did to the machine behind it."""
+
+    directory: Path
+
+    def calls(self) -> list[str]:
+        path = self.directory / "calls"
+        return path.read_text().splitlines() if path.exists() else []
+
+    def forget_calls(self) -> None:
+        (self.directory / "calls").write_text("")
+
+    def read(self, name: str) -> str:
+        return (self.directory / name).read_text().strip()
+
+
+def make_driver(
+    monkeypatch: pytest.MonkeyPatch,
+    port: int = SIM_PORT,
+    password: str = PASSWORD,
+    retry: RetryPolicy | None = None,
+) -> PowerDriver:
+    monkeypatch.setenv("PBP_TEST_IPMI_PW", password)
+    bmc = SimpleNamespace(
+        address="127.0.0.1",
+        driver="ipmi",
+        port=port,
+        username=USER,
+        password_env="PBP_TEST_IPMI_PW",
+        password_file=None,
+        system_id=None,
+        verify_tls=True,
+    )
+    policy = retry or RetryPolicy(attempts=2, base_delay_s=0.1, max_delay_s=0.2)
+    return driver_for(bmc, "rack1-n1", retry=policy, settle_timeout_s=15)
+
+
+def assert_password_not_logged(caplog: pytest.LogCaptureFixture, password: str) -> None:
+    assert caplog.records, "expected the driver to log its requests"
+    for record in caplog.records:
+        assert password not in record.getMessage()
+
+
+def attempts_logged(caplog: pytest.LogCaptureFixture, operation: str = "") -> int:
+    """BMC requests the driver logged, for one operation or (default) for all."""
+    return sum(
+        1
+        for r in caplog.records
+        if r.name == "plasmaboot.power"
+        and "power request" in r.getMessage()
+        and f"op={operation}" in r.getMessage()
+    )
+
+
+@pytest.fixture(scope="module")
+def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
+    binary = shutil.which("ipmi_sim")
+    if binary is None:
+        pytest.skip("ipmi_sim not installed (Debian package openipmi)")
+    base = tmp_path_factory.mktemp("pbp-ipmi")
+    machine_dir = base / "machine"
+    machine_dir.mkdir()
+    (base / "state").mkdir()
+    chassis = base / "chassis"
+    chassis.write_text(CHASSIS_PROGRAM.format(machine=machine_dir))
+    chassis.chmod(0o755)
+    (base / "lan.conf").write_text(
+        LAN_CONF.format(port=SIM_PORT, chassis=chassis, user=USER, password=PASSWORD)
+    )
+    (base / "sim.emu").write_text(EMU_COMMANDS)
+    log = (base / "ipmi_sim.log").open("wb")
+    sim = subprocess.Popen(
+        [binary, "-c", "lan.conf", "-f", "sim.emu", "-s", "state", "-n"],
+        cwd=base,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        wait_until_answering()
+        yield Machine(machine_dir)
+    finally:
+        sim.terminate()
+        try:
+            sim.wait(5)
+        except subprocess.TimeoutExpired:
+            sim.kill()
+            sim.wait()
+        log.close()
+
+
+def wait_until_answering() -> None:
+    from pyghmi.ipmi import command
+
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            command.Command(
+                bmc="127.0.0.1", userid=USER.encode(), password=PASSWORD.encode(), port=SIM_PORT
+            ).get_power()
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+async def test_ipmi_power_off_then_on_changes_the_machine(
+    machine: Machine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    driver = make_driver(monkeypatch)
+    await driver.power_on()
+    machine.forget_calls()
+
+    await driver.power_off()
+    assert machine.read("power") == "0"
+    assert await driver.power_state() is PowerState.OFF
+
+    await driver.power_on()
+    assert machine.read("power") == "1"
+    assert await driver.power_state() is PowerState.ON
+    assert [c for c in machine.calls() if c.startswith("set")] == ["set power 0", "set power 1"]
+    assert_password_not_logged(caplog, PASSWORD)
+
+
+async def test_ipmi_power_on_of_a_machine_already_on_sends_nothing(
+    machine: Machine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    driver = make_driver(monkeypatch)
+    await driver.power_on()
+    machine.forget_calls()
+
+    await driver.power_on()
+
+    assert machine.calls() == ["get power"]
+
+
+async def test_ipmi_power_cycle_turns_the_machine_off_then_on(
+    machine: Machine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    driver = make_driver(monkeypatch)
+    await driver.power_on()
+    machine.forget_calls()
+
+    await driver.power_cycle()
+
+    sets = [c for c in machine.calls() if c.startswith("set power")]
+    assert sets == ["set power 0", "set power 1"]
+    assert await driver.power_state() is PowerState.ON
+
+
+async def test_ipmi_power_cycle_of_an_off_machine_powers_it_on(
+    machine: Machine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    driver = make_driver(monkeypatch)
+    await driver.power_off()
+    machine.forget_calls()
+
+    await driver.power_cycle()
+
+    assert [c for c in machine.calls() if c.startswith("set power")] == ["set power 1"]
+    assert machine.read("power") == "1"
+
+
+async def test_ipmi_pxe_once_boot_device_reaches_the_machine(
+    machine: Machine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    driver = make_driver(monkeypatch)
+    await driver.set_boot_device(BootDevice.CDROM)
+    assert machine.read("boot") == "cdrom"
+
+    await driver.set_boot_device(BootDevice.PXE, persistent=False, uefi=True)
+
+    assert machine.read("boot") == "pxe"
+
+
+async def test_ipmi_wrong_password_is_fatal_and_not_retried(
+    machine: Machine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    wrong = "pbpWrongPassw0"
+    driver = make_driver(monkeypatch, password=wrong, retry=RetryPolicy(attempts=5))
+    started = time.monotonic()
+
+    with pytest.raises(BadCredentialsError) as failure:
+        await driver.power_on()
+
+    assert attempts_logged(caplog) == 1
+    assert time.monotonic() - started < 5
+    assert "nodes[rack1-n1].bmc.username" in str(failure.value)
+    assert wrong not in str(failure.value)
+    assert_password_not_logged(caplog, wrong)
+
+
+async def test_ipmi_unreachable_bmc_is_retried_then_fails_clearly(
+    machine: Machine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    policy = RetryPolicy(attempts=2, base_delay_s=0.1, max_delay_s=0.2, request_timeout_s=10)
+    driver = make_driver(monkeypatch, port=CLOSED_PORT, retry=policy)
+
+    with pytest.raises(BmcUnreachableError) as failure:
+        await asyncio.wait_for(driver.power_state(), timeout=60)
+
+    message = str(failure.value)
+    assert attempts_logged(caplog, "power_state") == 2
+    assert f"127.0.0.1:{CLOSED_PORT}" in message
+    assert "after 2 attempts" in message
+    assert "bmc.address" in message
+    assert_password_not_logged(caplog, PASSWORD)

@@ -40,7 +40,7 @@ test: deps venv lint
 	$(BIN)/pytest -q -ra
 
 lab: deps venv
-	$(BIN)/plasmaboot lab up --nodes 3
+	$(BIN)/plasmaboot lab up --nodes 3 --teardown
 
 clean:
 	rm -rf $(VENV) build *.egg-info

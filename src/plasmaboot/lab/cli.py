@@ -85,6 +85,7 @@ def up(
             ok = lab.wait_for(
                 names, State.ACTIVE, timeout, on_tick=lambda ns: live.update(_table(ns, started))
             )
+        console.print()
         elapsed = time.monotonic() - started
     except LabError as exc:
         console.print(f"[red]lab failed:[/red] {exc}")

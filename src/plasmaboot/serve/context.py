@@ -54,6 +54,9 @@ class Provisioner:
     tokens: AgentTokens = field(init=False)
     # service -> a probe answering "running", "disabled", "stopped" or "failed", asked live
     probes: dict[str, Callable[[], str]] = field(default_factory=dict)
+    # Called with every applied transition (the installer driver starts installs from them);
+    # a listener must not block: long work goes into a task.
+    listeners: list[Callable[[EventRecord], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.tokens = AgentTokens(self.store, signing_key(self.settings.state_dir))
@@ -79,6 +82,11 @@ class Provisioner:
             TRANSITION_SECONDS.labels(before.state.value).observe(
                 max(0.0, record.ts - before.updated_at)
             )
+        for listener in self.listeners:
+            try:
+                listener(record)
+            except Exception:  # a broken listener must not undo a recorded transition
+                log.exception("lifecycle listener failed for %s", hostname)
         log.info(
             "lifecycle %s: %s -> %s (%s by %s)",
             hostname,

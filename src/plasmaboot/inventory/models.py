@@ -115,6 +115,20 @@ class Network(Strict):
         return value
 
 
+class Installer(Strict):
+    """How a node is installed once its installer image has booted and called in.
+
+    `command` is an argv template ({node}, {ip}, {flake}), e.g.
+    "nixos-anywhere --flake {flake}#{node} root@{ip}". Without one the installer image
+    installs itself and reports its own stages (the lab image does).
+    """
+
+    command: str | None = None
+    flake: str | None = None
+    max_concurrent: int = Field(default=4, ge=1, le=256)
+    timeout_s: int = Field(default=3600, ge=10, le=24 * 3600)
+
+
 class Server(Strict):
     """The provisioning server itself: where nodes fetch iPXE, scripts and images."""
 
@@ -123,6 +137,7 @@ class Server(Strict):
     tftp_port: int = Field(default=69, ge=1, le=65535)
     dhcp_port: int = Field(default=67, ge=1, le=65535)
     ssh_authorized_keys: tuple[str, ...] = ()
+    installer: Installer = Installer()
 
 
 class Image(Strict):

@@ -6,11 +6,14 @@ runs them all so an operator fixes a broken file in one pass, not one error per 
 
 from __future__ import annotations
 
+import shlex
+import string
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
+from plasmaboot.install.runner import PLACEHOLDERS
 from plasmaboot.inventory.models import Inventory, Network, Node
 from plasmaboot.inventory.ports import KNOWN_SERVICES
 
@@ -320,6 +323,37 @@ def _boot_overrides(inv: Inventory) -> Iterator[Problem]:
                 )
 
 
+def _installer_command(inv: Inventory) -> Iterator[Problem]:
+    installer = inv.server.installer
+    if installer.command is None:
+        return
+    try:
+        fields = {
+            name
+            for arg in shlex.split(installer.command)
+            for _, name, _, _ in string.Formatter().parse(arg)
+            if name is not None
+        }
+    except ValueError as exc:
+        yield Problem("server.installer.command", installer.command, str(exc), "fix the quoting")
+        return
+    unknown = sorted(fields - PLACEHOLDERS)
+    if unknown:
+        yield Problem(
+            "server.installer.command",
+            installer.command,
+            f"unknown placeholder(s) {unknown}",
+            f"use only {sorted(PLACEHOLDERS)}",
+        )
+    if "flake" in fields and not installer.flake:
+        yield Problem(
+            "server.installer.flake",
+            None,
+            "the install command uses {flake} but no flake is set",
+            "set server.installer.flake, e.g. /srv/provisioning",
+        )
+
+
 RULES: tuple[Callable[[Inventory], Iterator[Problem]], ...] = (
     _network_shapes,
     _duplicate_macs,
@@ -331,6 +365,7 @@ RULES: tuple[Callable[[Inventory], Iterator[Problem]], ...] = (
     _bootstrap_quorum,
     _bmc_credentials,
     _boot_overrides,
+    _installer_command,
 )
 
 

@@ -24,6 +24,7 @@ from aiohttp import web
 from plasmaboot.dhcp.server import DhcpServer
 from plasmaboot.inventory import Inventory, InventoryError, load_inventory
 from plasmaboot.serve.context import Provisioner, ServeSettings
+from plasmaboot.serve.installer import InstallDriver
 from plasmaboot.store import open_store
 from plasmaboot.tftp import DEBIAN_IPXE_LINK_ROOTS, DEBIAN_IPXE_ROOT
 from plasmaboot.tftp.metrics import record_transfer
@@ -107,6 +108,8 @@ class ProvisioningServer:
             simulate_disk_boot=options.simulate_disk_boot,
         )
         self.provisioner = Provisioner(inv, self.store, settings)
+        self.installer = InstallDriver(self.provisioner)
+        self.provisioner.listeners.append(self.installer)
         self.interface = dhcp_interface(options, inv) if options.dhcp else options.interface
         self.dhcp: DhcpServer | None = None
         self.tftp: TftpServer | None = None
@@ -180,6 +183,7 @@ class ProvisioningServer:
     async def stop(self) -> None:
         if self.dhcp is not None:
             await self.dhcp.stop()
+        await self.installer.stop()
         if self.tftp is not None:
             await self.tftp.stop()
         if self.http is not None:

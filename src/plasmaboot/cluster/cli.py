@@ -12,11 +12,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from plasmaboot.cluster.membership import remove_member
 from plasmaboot.cluster.verify import ClusterReport, verify_cluster
-from plasmaboot.firstboot.backends import ClusterUnreachable, MembershipError
+from plasmaboot.firstboot.backends import MembershipError
 from plasmaboot.firstboot.backends.base import http_client, make_backend
 from plasmaboot.firstboot.config import ConfigError, FirstBootConfig, load_config
-from plasmaboot.firstboot.retry import Backoff
 
 app = typer.Typer(help="Check and change cluster membership.")
 
@@ -119,20 +119,10 @@ def remove_command(
     """
     plan = _load(config)
     with _client(plan, config) as client:
-        for svc in plan.services:
-            if service and svc.service not in service:
-                continue
-            backend = make_backend(svc, client)
-            error: Exception | None = None
-            for _ in Backoff(0.5, 4.0).until(wait_s):
-                try:
-                    backend.remove([svc.client_url, *svc.candidate_urls()], name)
-                except (ClusterUnreachable, MembershipError) as failure:
-                    error = failure
-                    continue
-                error = None
-                break
-            if error is not None:
-                typer.echo(f"error: {svc.service}: {error}", err=True)
-                raise typer.Exit(code=1) from error
-            typer.echo(f"{svc.service}: removed {name}")
+        try:
+            removed = remove_member(plan, client, name, service, wait_s)
+        except MembershipError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(code=1) from error
+    for svc in removed:
+        typer.echo(f"{svc}: removed {name}")

@@ -1,0 +1,78 @@
+"""Standalone DHCP server for tests and benchmarks.
+
+`python -m plasmaboot.dhcp -c CLUSTER.yaml --state-dir DIR --interface IF [--port N]`
+SIGHUP reloads the inventory; SIGTERM/SIGINT flush the leases and stop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from plasmaboot.dhcp.config import DhcpConfigError
+from plasmaboot.dhcp.server import DhcpServer
+from plasmaboot.inventory import InventoryError, load_inventory
+from plasmaboot.store import open_store
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m plasmaboot.dhcp", description=__doc__)
+    parser.add_argument("-c", "--config", type=Path, required=True, help="cluster.yaml")
+    parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--interface", default=None, help="answer only on this interface")
+    parser.add_argument("--port", type=int, default=67)
+    parser.add_argument("--bind", default="0.0.0.0")
+    parser.add_argument("--proxy", action="store_true", help="proxyDHCP whatever the mode")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args()
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(message)s")
+    try:
+        inv = load_inventory(args.config)
+    except InventoryError as exc:
+        sys.exit(f"{args.config}: {exc}")
+    store = open_store(args.state_dir)
+    store.import_inventory(inv, actor="dhcp")
+    server = DhcpServer(
+        inv,
+        store,
+        interface=args.interface,
+        bind=args.bind,
+        port=args.port,
+        proxy=True if args.proxy else None,
+    )
+    try:
+        asyncio.run(_serve(server, args.config))
+    except DhcpConfigError as exc:
+        sys.exit(f"dhcp: {exc}")
+    finally:
+        store.close()
+
+
+async def _serve(server: DhcpServer, config: Path) -> None:
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: _reload(server, config))
+    await server.start()
+    print(f"dhcp listening on {server.interface} {server.bind}:{server.port}", flush=True)
+    with contextlib.suppress(asyncio.CancelledError):
+        await stopping.wait()
+    await server.stop()
+
+
+def _reload(server: DhcpServer, config: Path) -> None:
+    try:
+        server.reload(load_inventory(config))
+        logging.getLogger(__name__).info("dhcp: reloaded %s", config)
+    except (InventoryError, DhcpConfigError) as exc:
+        logging.getLogger(__name__).error("dhcp: reload refused, keeping the old one: %s", exc)
+
+
+if __name__ == "__main__":
+    main()

@@ -10,13 +10,21 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from plasmaboot.cli_common import (
+    DEFAULT_STATE_DIR,
+    ConfigOption,
+    JsonOption,
+    StateDirOption,
+    err,
+    load_or_exit,
+    out,
+)
 from plasmaboot.cluster.cli import app as cluster_app
 from plasmaboot.firstboot.command import firstboot_command
-from plasmaboot.inventory import Inventory, InventoryError, load_inventory
 from plasmaboot.lab.cli import app as lab_app
+from plasmaboot.operations import cli as operations_cli
 from plasmaboot.pki.cli import app as pki_app
 from plasmaboot.render.command import render_command
 from plasmaboot.store import EventRecord, NodeRecord, Store, open_store
@@ -31,31 +39,9 @@ app.add_typer(pki_app, name="pki", help="Cluster CA and node certificates (SANs,
 app.add_typer(cluster_app, name="cluster", help="Operator checks of the running cluster.")
 app.command("render")(render_command)
 app.command("firstboot")(firstboot_command)
-
-out = Console()
-err = Console(stderr=True)
-
-DEFAULT_STATE_DIR = Path(os.environ.get("PLASMABOOT_STATE_DIR", "/var/lib/plasmaboot"))
-
-ConfigOption = Annotated[
-    Path, typer.Option("-c", "--config", help="The inventory (cluster.yaml).", show_default=False)
-]
-StateDirOption = Annotated[
-    Path,
-    typer.Option("--state-dir", help="Where the store lives (env PLASMABOOT_STATE_DIR)."),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-
-
-def load_or_exit(path: Path) -> Inventory:
-    """Load the inventory, or print every problem in it and exit 1."""
-    try:
-        return load_inventory(path)
-    except InventoryError as exc:
-        err.print(f"[red]{path}: {len(exc.problems)} problem(s):[/red]")
-        for problem in exc.problems:
-            err.print(f"  - {problem.render(str(path))}", markup=False, highlight=False)
-        raise typer.Exit(1) from None
+app.command("rollout")(operations_cli.rollout)
+for _command in operations_cli.NODE_COMMANDS:
+    node_app.command(_command.__name__)(_command)
 
 
 def _store(state_dir: Path) -> Store:

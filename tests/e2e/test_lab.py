@@ -41,15 +41,6 @@ ACTIVE_SEQUENCE = [
 ]
 
 
-@pytest.fixture(scope="session")
-def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from plasmaboot.lab.image import build_lab_image
-
-    out = tmp_path_factory.mktemp("lab-assets")
-    build_lab_image(out, work_dir=Path.home() / ".cache" / "plasmaboot" / "lab-image")
-    return out
-
-
 @contextmanager
 def lab_running(tmp_path: Path, assets: Path, firmware: Firmware, netns: str) -> Iterator[Lab]:
     lab = Lab(tmp_path / "lab", LAB, netns=netns, firmware=firmware, assets=assets)

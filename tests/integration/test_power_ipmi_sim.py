@@ -19,6 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from plasmaboot.lab.bmc import EMU_COMMANDS, LAN_CONF
 from plasmaboot.power import (
     BadCredentialsError,
     BmcUnreachableError,
@@ -35,29 +36,6 @@ SIM_PORT = 17123
 CLOSED_PORT = 17124
 USER = "pbpadmin"
 PASSWORD = "pbpIpmiS3cr3t"  # ipmi_sim keeps at most 16 bytes
-
-LAN_CONF = """\
-name "pbpsim"
-set_working_mc 0x20
-  startlan 1
-    addr 127.0.0.1 {port}
-    priv_limit admin
-    allowed_auths_callback none md2 md5 straight
-    allowed_auths_user none md2 md5 straight
-    allowed_auths_operator none md2 md5 straight
-    allowed_auths_admin none md2 md5 straight
-    guid a123456789abcdefa123456789abcdef
-  endlan
-  chassis_control "{chassis} 0x20"
-  user 2 true "{user}" "{password}" admin 10 none md2 md5 straight
-"""
-
-EMU_COMMANDS = """\
-mc_setbmc 0x20
-mc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr
-sel_enable 0x20 1000 0x0a
-mc_enable 0x20
-"""
 
 # Called as: chassis <mc> get <parm>... | chassis <mc> set <parm> <value> [...]
 CHASSIS_PROGRAM = """\
@@ -152,7 +130,7 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
     chassis.write_text(CHASSIS_PROGRAM.format(machine=machine_dir))
     chassis.chmod(0o755)
     (base / "lan.conf").write_text(
-        LAN_CONF.format(port=SIM_PORT, chassis=chassis, user=USER, password=PASSWORD)
+        LAN_CONF.format(name="pbpsim", port=SIM_PORT, chassis=chassis, user=USER, password=PASSWORD)
     )
     (base / "sim.emu").write_text(EMU_COMMANDS)
     log = (base / "ipmi_sim.log").open("wb")

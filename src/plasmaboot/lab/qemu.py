@@ -40,6 +40,10 @@ class VmSpec:
         return self.workdir / f"{self.name}.console.log"
 
     @property
+    def pid_file(self) -> Path:
+        return self.workdir / f"{self.name}.pid"
+
+    @property
     def vars_file(self) -> Path:
         return self.workdir / f"{self.name}.OVMF_VARS.fd"
 
@@ -66,6 +70,7 @@ def qemu_argv(vm: VmSpec) -> list[str]:
         "-display", "none",
         "-monitor", "none",
         "-serial", f"file:{vm.console_log}",
+        "-pidfile", str(vm.pid_file),
         "-netdev", f"tap,id=n0,ifname={vm.tap},script=no,downscript=no",
         "-device", nic,
         "-drive", f"file={vm.disk},if=none,id=d0,format=raw",

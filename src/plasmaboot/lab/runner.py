@@ -21,7 +21,7 @@ from pathlib import Path
 
 from plasmaboot.inventory import Inventory, load_inventory
 from plasmaboot.lab.network import LabNetwork, run
-from plasmaboot.lab.qemu import Firmware, VmSpec, prepare, qemu_argv
+from plasmaboot.lab.qemu import FIRMWARES, Firmware, VmSpec, prepare, qemu_argv
 from plasmaboot.lifecycle import State
 from plasmaboot.store import NodeRecord, SqliteStore
 
@@ -32,6 +32,9 @@ RECORD = "lab.json"
 @dataclass
 class LabRecord:
     netns: str
+    config: str = ""
+    firmware: str = "bios"
+    assets: str = ""
     server_pid: int | None = None
     vm_pids: dict[str, int] = field(default_factory=dict)
 
@@ -75,8 +78,22 @@ class Lab:
         )
         self.firmware = firmware
         self.assets = assets or self.workdir / "assets"
-        self.record = LabRecord(netns)
+        self.record = LabRecord(netns, str(self.config), firmware, str(self.assets))
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    @classmethod
+    def attach(cls, workdir: Path) -> Lab:
+        """The lab running in `workdir`, for another process (the lab's simulated BMC)."""
+        record = LabRecord.load(workdir)
+        if record is None:
+            raise LabError(f"no lab is running in {workdir}")
+        firmware = record.firmware
+        if firmware not in FIRMWARES:
+            raise LabError(f"{workdir}: unknown firmware {firmware!r} in {RECORD}")
+        lab = cls(workdir, Path(record.config), netns=record.netns, firmware=firmware,
+                  assets=Path(record.assets))  # fmt: skip
+        lab.record = record
+        return lab
 
     @property
     def state_dir(self) -> Path:
@@ -147,19 +164,31 @@ class Lab:
             self.network.add_tap(vm.tap)
         with vm.console_log.open("ab") as console:
             console.write(f"\n=== power on {time.strftime('%H:%M:%S')} ===\n".encode())
+        vm.pid_file.unlink(missing_ok=True)
         proc = subprocess.Popen(
             self.network.exec_argv(*qemu_argv(vm)),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # outlives a BMC's chassis program that powered it on
         )
         self._procs[hostname] = proc
         self.record.vm_pids[hostname] = proc.pid
         self.record.save(self.workdir)
         return vm
 
-    def vm_running(self, hostname: str) -> bool:
-        proc = self._procs.get(hostname)
-        return proc is not None and proc.poll() is None
+    def vm_pid(self, hostname: str) -> int | None:
+        """The VM's QEMU process if it runs (from QEMU's pid file: any process can ask)."""
+        try:
+            pid = int(self.vm_spec(hostname).pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _is_lab_process(pid) else None
+
+    def stop_vm(self, hostname: str) -> None:
+        """Pull the plug (a BMC power off)."""
+        pid = self.vm_pid(hostname)
+        if pid is not None:
+            _kill(pid)
 
     def wait_vm_exit(self, hostname: str, timeout_s: float) -> int | None:
         proc = self._procs.get(hostname)

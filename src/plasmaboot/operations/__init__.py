@@ -1,0 +1,1 @@
+"""The runbook's node procedures: provision, reprovision, drain, decommission, rollout."""

@@ -1,0 +1,176 @@
+"""CLI for the runbook's node procedures: `plasmaboot node provision|reprovision|drain|
+maintenance|activate|decommission` and `plasmaboot rollout`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from plasmaboot.cli_common import (
+    DEFAULT_STATE_DIR,
+    ConfigOption,
+    StateDirOption,
+    err,
+    load_or_exit,
+    out,
+)
+from plasmaboot.lifecycle import IllegalTransition, State
+from plasmaboot.operations.nodes import MemberRemover, NodeOperations, OperationError
+from plasmaboot.operations.rollout import DEFAULT_UPDATE_COMMAND, Rollout
+from plasmaboot.power import PowerError
+from plasmaboot.store import NodeRecord, UnknownNode, open_store
+
+Nodes = Annotated[list[str], typer.Argument(help="Node host names.")]
+ClusterConfig = Annotated[
+    Path | None,
+    typer.Option(
+        "--cluster-config",
+        help="A member's cluster-config.json (URLs + TLS) to change cluster membership.",
+    ),
+]
+Watch = Annotated[float, typer.Option(help="Seconds to watch the nodes reach active (0: no).")]
+
+
+def _remover(cluster_config: Path | None) -> MemberRemover | None:
+    if cluster_config is None:
+        return None
+    from plasmaboot.cluster.membership import remove_member
+    from plasmaboot.firstboot.backends.base import http_client
+    from plasmaboot.firstboot.config import load_config
+
+    plan = load_config(cluster_config)
+
+    def remove(name: str) -> list[str]:
+        with http_client(plan.tls) as client:
+            return remove_member(plan, client, name)
+
+    return remove
+
+
+def _operations(config: Path, state_dir: Path, cluster_config: Path | None) -> NodeOperations:
+    inv = load_or_exit(config)
+    return NodeOperations(inv, open_store(state_dir), remove_member=_remover(cluster_config),
+                          log=lambda line: out.print(line, highlight=False))  # fmt: skip
+
+
+def _run(action: Callable[[], Coroutine[Any, Any, None] | None]) -> None:
+    """Run one procedure; a refused step is a clear error and exit 1, never a traceback."""
+    try:
+        pending = action()
+        if pending is not None:
+            asyncio.run(pending)
+    except (OperationError, IllegalTransition, UnknownNode, PowerError) as exc:
+        err.print(f"[red]refused:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _watch(ops: NodeOperations, nodes: list[str], seconds: float) -> None:
+    if seconds <= 0:
+        return
+
+    def table(records: list[NodeRecord]) -> Table:
+        view = Table("node", "state", "target")
+        for r in records:
+            view.add_row(r.hostname, r.state.value, r.target.value if r.target else "")
+        return view
+
+    with Live(console=out, refresh_per_second=2) as live:
+        final = asyncio.run(
+            ops.watch(nodes, State.ACTIVE, seconds, on_tick=lambda rs: live.update(table(rs)))
+        )
+    stuck = {n: s.value for n, s in final.items() if s is not State.ACTIVE}
+    if stuck:
+        err.print(f"[red]not active:[/red] {stuck}; see `plasmaboot node events NODE`")
+        raise typer.Exit(1)
+
+
+def provision(
+    nodes: Nodes, config: ConfigOption, state_dir: StateDirOption = DEFAULT_STATE_DIR,
+    watch: Watch = 1800,
+) -> None:  # fmt: skip
+    """Runbook 5.2: set PXE boot once, power cycle, and watch each node to active."""
+    ops = _operations(config, state_dir, None)
+    for name in nodes:
+        _run(lambda name=name: ops.provision(name))  # type: ignore[misc]
+    _watch(ops, nodes, watch)
+
+
+def reprovision(
+    nodes: Nodes, config: ConfigOption, state_dir: StateDirOption = DEFAULT_STATE_DIR,
+    cluster_config: ClusterConfig = None, watch: Watch = 1800,
+) -> None:  # fmt: skip
+    """Runbook 9.2: remove from the cluster, netboot and reinstall."""
+    ops = _operations(config, state_dir, cluster_config)
+    for name in nodes:
+        _run(lambda name=name: ops.reprovision(name))  # type: ignore[misc]
+    _watch(ops, nodes, watch)
+
+
+def drain(
+    nodes: Nodes, config: ConfigOption, state_dir: StateDirOption = DEFAULT_STATE_DIR
+) -> None:
+    """Runbook 7.5: mark active nodes draining, then hold them in maintenance."""
+    ops = _operations(config, state_dir, None)
+    for name in nodes:
+        _run(lambda name=name: ops.drain(name))  # type: ignore[misc]
+
+
+def maintenance(
+    nodes: Nodes, config: ConfigOption, state_dir: StateDirOption = DEFAULT_STATE_DIR
+) -> None:
+    """Put active nodes in maintenance at once (no drain)."""
+    ops = _operations(config, state_dir, None)
+    for name in nodes:
+        _run(lambda name=name: ops.maintenance(name))  # type: ignore[misc]
+
+
+def activate(
+    nodes: Nodes, config: ConfigOption, state_dir: StateDirOption = DEFAULT_STATE_DIR
+) -> None:
+    """Bring nodes back from maintenance (or an interrupted drain) to active."""
+    ops = _operations(config, state_dir, None)
+    for name in nodes:
+        _run(lambda name=name: ops.activate(name))  # type: ignore[misc]
+
+
+def decommission(
+    nodes: Nodes, config: ConfigOption, state_dir: StateDirOption = DEFAULT_STATE_DIR,
+    cluster_config: ClusterConfig = None,
+) -> None:  # fmt: skip
+    """Runbook 7.6: drain, leave the cluster, power off, mark decommissioned (history kept)."""
+    ops = _operations(config, state_dir, cluster_config)
+    for name in nodes:
+        _run(lambda name=name: ops.decommission(name))  # type: ignore[misc]
+
+
+def rollout(
+    nodes: Nodes, config: ConfigOption, state_dir: StateDirOption = DEFAULT_STATE_DIR,
+    command: Annotated[str, typer.Option(help="Update command template.")] = DEFAULT_UPDATE_COMMAND,
+    health: Annotated[str | None, typer.Option(help="Health check command template.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds allowed per node update.")] = 3600,
+) -> None:  # fmt: skip
+    """Runbook 7.4: update nodes one at a time, health-gated; stop at the first failure."""
+    ops = _operations(config, state_dir, None)
+    job = Rollout(ops, command, health, timeout_s=timeout)
+    try:
+        result = asyncio.run(job.run(nodes))
+    except (OperationError, IllegalTransition, UnknownNode) as exc:
+        err.print(f"[red]refused:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    out.print(f"updated: {', '.join(result.updated) or 'none'}")
+    if not result.ok:
+        err.print(
+            f"[red]stopped at {result.failed}:[/red] {result.reason}; it is left draining. "
+            f"Not started: {', '.join(result.not_started) or 'none'}",
+            highlight=False,
+        )
+        raise typer.Exit(1)
+
+
+NODE_COMMANDS = (provision, reprovision, drain, maintenance, activate, decommission)

@@ -64,3 +64,19 @@ def test_import_list_show_events(tmp_path: Path) -> None:
 def test_unknown_node_is_a_clear_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["node", "show", "ghost", "--state-dir", str(tmp_path)])
     assert result.exit_code == 1 and "node list" in result.output
+
+
+def test_node_procedures_refuse_clearly(tmp_path: Path) -> None:
+    state = ["--state-dir", str(tmp_path)]
+    lab = ["-c", str(ROOT / "examples/lab/cluster.yaml")]
+    runner.invoke(app, ["inventory", "import", *lab, *state])
+    refused = runner.invoke(app, ["node", "maintenance", "node01", *lab, *state])
+    assert refused.exit_code == 1
+    message = " ".join(refused.output.split())
+    assert "refused" in message and "enrolled" in message
+    no_bmc = runner.invoke(app, ["node", "provision", "node01", *lab, *state, "--watch", "0"])
+    assert no_bmc.exit_code == 1 and "no bmc" in " ".join(no_bmc.output.split())
+    decommissioned = runner.invoke(app, ["node", "decommission", "node02", *lab, *state])
+    assert decommissioned.exit_code == 0, decommissioned.output
+    shown = json.loads(runner.invoke(app, ["node", "show", "node02", "--json", *state]).output)
+    assert shown["state"] == "decommissioned"

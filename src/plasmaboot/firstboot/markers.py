@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from plasmaboot.pki.authority import write_atomic
+from plasmaboot.files import write_atomic
 
 DEFAULT_STATE_DIR = Path("/var/lib/first-boot-automation")
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import gzip
 import lzma
-import os
 import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from plasmaboot.files import write_atomic
 
 KERNEL_METAPACKAGE = "linux-image-cloud-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
@@ -211,12 +212,6 @@ def _newer_than_all(outputs: list[Path], inputs: list[Path]) -> bool:
     return all(p.stat().st_mtime <= oldest_output for p in inputs)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
-
-
 def build_lab_image(
     out_dir: Path, *, work_dir: Path | None = None, progress: Progress | None = None
 ) -> LabImage:
@@ -245,7 +240,7 @@ def build_lab_image(
     lab.mkdir(parents=True, exist_ok=True)
     built_in = [name for name, path in found.items() if path is None]
     say(f"building the initrd ({len(modules)} modules; built in: {', '.join(built_in) or 'none'})")
-    _write_atomically(image.initrd, initramfs(busybox, modules))
+    write_atomic(image.initrd, initramfs(busybox, modules))
     say(f"copying the kernel {vmlinuz.name}")
-    _write_atomically(image.kernel, vmlinuz.read_bytes())
+    write_atomic(image.kernel, vmlinuz.read_bytes())
     return image

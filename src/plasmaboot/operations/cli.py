@@ -59,15 +59,20 @@ def _operations(config: Path, state_dir: Path, cluster_config: Path | None) -> N
                           log=lambda line: out.print(line, highlight=False))  # fmt: skip
 
 
-def _run(action: Callable[[], Coroutine[Any, Any, None] | None]) -> None:
-    """Run one procedure; a refused step is a clear error and exit 1, never a traceback."""
-    try:
-        pending = action()
-        if pending is not None:
-            asyncio.run(pending)
-    except (OperationError, IllegalTransition, UnknownNode, PowerError) as exc:
-        err.print(f"[red]refused:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
+Procedure = Callable[[NodeOperations, str], Coroutine[Any, Any, None] | None]
+
+
+def _each(ops: NodeOperations, nodes: list[str], procedure: Procedure) -> None:
+    """Run one procedure per node; a refused step is a clear error and exit 1, never a
+    traceback (nodes already handled stay handled)."""
+    for name in nodes:
+        try:
+            pending = procedure(ops, name)
+            if pending is not None:
+                asyncio.run(pending)
+        except (OperationError, IllegalTransition, UnknownNode, PowerError) as exc:
+            err.print(f"[red]refused:[/red] {exc}", highlight=False)
+            raise typer.Exit(1) from None
 
 
 def _watch(ops: NodeOperations, nodes: list[str], seconds: float) -> None:
@@ -96,8 +101,7 @@ def provision(
 ) -> None:  # fmt: skip
     """Runbook 5.2: set PXE boot once, power cycle, and watch each node to active."""
     ops = _operations(config, state_dir, None)
-    for name in nodes:
-        _run(lambda name=name: ops.provision(name))  # type: ignore[misc]
+    _each(ops, nodes, NodeOperations.provision)
     _watch(ops, nodes, watch)
 
 
@@ -107,8 +111,7 @@ def reprovision(
 ) -> None:  # fmt: skip
     """Runbook 9.2: remove from the cluster, netboot and reinstall."""
     ops = _operations(config, state_dir, cluster_config)
-    for name in nodes:
-        _run(lambda name=name: ops.reprovision(name))  # type: ignore[misc]
+    _each(ops, nodes, NodeOperations.reprovision)
     _watch(ops, nodes, watch)
 
 
@@ -117,8 +120,7 @@ def drain(
 ) -> None:
     """Runbook 7.5: mark active nodes draining, then hold them in maintenance."""
     ops = _operations(config, state_dir, None)
-    for name in nodes:
-        _run(lambda name=name: ops.drain(name))  # type: ignore[misc]
+    _each(ops, nodes, NodeOperations.drain)
 
 
 def maintenance(
@@ -126,8 +128,7 @@ def maintenance(
 ) -> None:
     """Put active nodes in maintenance at once (no drain)."""
     ops = _operations(config, state_dir, None)
-    for name in nodes:
-        _run(lambda name=name: ops.maintenance(name))  # type: ignore[misc]
+    _each(ops, nodes, NodeOperations.maintenance)
 
 
 def activate(
@@ -135,8 +136,7 @@ def activate(
 ) -> None:
     """Bring nodes back from maintenance (or an interrupted drain) to active."""
     ops = _operations(config, state_dir, None)
-    for name in nodes:
-        _run(lambda name=name: ops.activate(name))  # type: ignore[misc]
+    _each(ops, nodes, NodeOperations.activate)
 
 
 def decommission(
@@ -145,8 +145,7 @@ def decommission(
 ) -> None:  # fmt: skip
     """Runbook 7.6: drain, leave the cluster, power off, mark decommissioned (history kept)."""
     ops = _operations(config, state_dir, cluster_config)
-    for name in nodes:
-        _run(lambda name=name: ops.decommission(name))  # type: ignore[misc]
+    _each(ops, nodes, NodeOperations.decommission)
 
 
 def rollout(

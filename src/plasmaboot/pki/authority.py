@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +21,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from plasmaboot.files import write_atomic
 
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
@@ -62,22 +62,6 @@ def node_cert_paths(pki_dir: Path, hostname: str) -> NodeCertPaths:
     return NodeCertPaths(
         pki_dir / f"{hostname}.crt", pki_dir / f"{hostname}.key", pki_dir / CA_CERT
     )
-
-
-def write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write via a temp file + rename so a crash never leaves a truncated key behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:

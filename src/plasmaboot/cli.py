@@ -7,7 +7,7 @@ import os
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -27,7 +27,7 @@ from plasmaboot.lab.cli import app as lab_app
 from plasmaboot.operations import cli as operations_cli
 from plasmaboot.pki.cli import app as pki_app
 from plasmaboot.render.command import render_command
-from plasmaboot.store import EventRecord, NodeRecord, Store, open_store
+from plasmaboot.store import NodeRecord, Store, open_store
 
 app = typer.Typer(no_args_is_help=True, help="Bare-metal provisioning for PlasmaCloud clusters.")
 inventory_app = typer.Typer(no_args_is_help=True, help="Check and import the inventory.")
@@ -50,13 +50,6 @@ def _store(state_dir: Path) -> Store:
 
 def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _node_json(node: NodeRecord) -> dict[str, Any]:
-    data = asdict(node)
-    data["state"] = node.state.value
-    data["target"] = node.target.value if node.target else None
-    return data
 
 
 @inventory_app.command("check")
@@ -97,7 +90,7 @@ def node_list(state_dir: StateDirOption = DEFAULT_STATE_DIR, as_json: JsonOption
     finally:
         store.close()
     if as_json:
-        print(json.dumps([_node_json(n) for n in nodes], indent=2))
+        print(json.dumps([n.as_json() for n in nodes], indent=2))
         return
     table = Table("node", "state", "target", "profile", "MACs", "provisioning IP", "updated")
     for n in nodes:
@@ -132,17 +125,13 @@ def node_show(
     node = _get_node_or_exit(store, hostname)
     store.close()
     if as_json:
-        print(json.dumps(_node_json(node), indent=2))
+        print(json.dumps(node.as_json(), indent=2))
         return
     table = Table(show_header=False)
-    for key, value in _node_json(node).items():
+    for key, value in node.as_json().items():
         shown = json.dumps(value) if isinstance(value, dict | list | tuple) else str(value)
         table.add_row(key, shown)
     out.print(table)
-
-
-def _event_json(ev: EventRecord) -> dict[str, Any]:
-    return asdict(ev)
 
 
 @node_app.command("events")
@@ -158,7 +147,7 @@ def node_events(
     events = store.events(hostname, limit=limit)
     store.close()
     if as_json:
-        print(json.dumps([_event_json(e) for e in events], indent=2))
+        print(json.dumps([asdict(e) for e in events], indent=2))
         return
     table = Table("time (UTC)", "event", "from", "to", "actor", "detail")
     for e in events:

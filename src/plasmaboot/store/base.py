@@ -9,7 +9,7 @@ same transaction.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
 from plasmaboot.inventory.models import Inventory
@@ -29,6 +29,13 @@ class NodeRecord:
     in_inventory: bool
     spec: dict[str, Any]
     updated_at: float
+
+    def as_json(self) -> dict[str, Any]:
+        """The record as the CLI's --json and the admin API show it."""
+        data = asdict(self)
+        data["state"] = self.state.value
+        data["target"] = self.target.value if self.target else None
+        return data
 
 
 @dataclass(frozen=True)

@@ -123,13 +123,6 @@ def bearer(request: web.Request) -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
-def node_json(record: NodeRecord) -> dict[str, Any]:
-    data = asdict(record)
-    data["state"] = record.state.value
-    data["target"] = record.target.value if record.target else None
-    return data
-
-
 def _transition(
     request: web.Request, hostname: str, event: Event, actor: str, detail: dict[str, Any]
 ) -> dict[str, Any]:
@@ -211,11 +204,11 @@ def _node_or_404(request: web.Request) -> NodeRecord:
 
 
 async def list_nodes(request: web.Request) -> web.Response:
-    return json_response([node_json(n) for n in request.app[PROVISIONER].store.list_nodes()])
+    return json_response([n.as_json() for n in request.app[PROVISIONER].store.list_nodes()])
 
 
 async def get_node(request: web.Request) -> web.Response:
-    return json_response(node_json(_node_or_404(request)))
+    return json_response(_node_or_404(request).as_json())
 
 
 async def node_events(request: web.Request) -> web.Response:

@@ -172,7 +172,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--size-mib", type=int, default=256)
-    parser.add_argument("--clients", default="1,20,100")
+    parser.add_argument("--clients", default="1,20,100", help="empty: boot scripts only")
     args = parser.parse_args()
     for tool in ("nginx", "curl", "wrk"):
         if shutil.which(tool) is None:
@@ -194,7 +194,7 @@ def main() -> None:
             except RuntimeError:
                 sys.exit("plasmaboot did not start:\n" + (work / "serve.log").read_text()[-3000:])
             wait_up(f"{ng}/script.ipxe")
-            for clients in (int(c) for c in args.clients.split(",")):
+            for clients in (int(c) for c in args.clients.split(",") if c):
                 rates: dict[str, list[float]] = {"plasmaboot": [], "nginx": []}
                 for _ in range(args.runs):  # interleaved: both see the same machine noise
                     rates["nginx"].append(

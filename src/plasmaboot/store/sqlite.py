@@ -71,40 +71,44 @@ class SqliteStore:
 
     # ---- nodes -----------------------------------------------------------------
 
-    def _node(self, conn: sqlite3.Connection, hostname: str) -> NodeRecord | None:
-        row = conn.execute("SELECT * FROM nodes WHERE hostname = ?", (hostname,)).fetchone()
-        if row is None:
-            return None
-        macs = tuple(
-            r[0]
-            for r in conn.execute(
-                "SELECT mac FROM node_macs WHERE hostname = ? ORDER BY mac", (hostname,)
-            )
-        )
+    # One query per lookup: the node row with its MACs folded in (boot scripts look a node
+    # up on every request).
+    _NODE_SQL = (
+        "SELECT n.*, (SELECT group_concat(mac, ' ') FROM node_macs m "
+        "WHERE m.hostname = n.hostname) AS macs FROM nodes n"
+    )
+
+    @staticmethod
+    def _record(row: sqlite3.Row) -> NodeRecord:
         return NodeRecord(
             hostname=row["hostname"],
             state=State(row["state"]),
             target=State(row["target"]) if row["target"] else None,
             profile=row["profile"],
-            macs=macs,
+            macs=tuple(sorted((row["macs"] or "").split())),
             provisioning_ip=row["provisioning_ip"],
             in_inventory=bool(row["in_inventory"]),
             spec=json.loads(row["spec"]),
             updated_at=row["updated_at"],
         )
 
+    def _node(self, conn: sqlite3.Connection, hostname: str) -> NodeRecord | None:
+        row = conn.execute(f"{self._NODE_SQL} WHERE n.hostname = ?", (hostname,)).fetchone()
+        return None if row is None else self._record(row)
+
     def get_node(self, hostname: str) -> NodeRecord | None:
         return self._node(self._conn, hostname)
 
     def node_by_mac(self, mac: str) -> NodeRecord | None:
         row = self._conn.execute(
-            "SELECT hostname FROM node_macs WHERE mac = ?", (normalize_mac(mac),)
+            f"{self._NODE_SQL} JOIN node_macs k ON k.hostname = n.hostname WHERE k.mac = ?",
+            (normalize_mac(mac),),
         ).fetchone()
-        return None if row is None else self._node(self._conn, row[0])
+        return None if row is None else self._record(row)
 
     def list_nodes(self) -> list[NodeRecord]:
-        names = [r[0] for r in self._conn.execute("SELECT hostname FROM nodes ORDER BY hostname")]
-        return [n for n in (self._node(self._conn, name) for name in names) if n is not None]
+        rows = self._conn.execute(f"{self._NODE_SQL} ORDER BY n.hostname")
+        return [self._record(row) for row in rows]
 
     def _insert_event(
         self,

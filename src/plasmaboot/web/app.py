@@ -24,6 +24,8 @@ from plasmaboot.web.tokens import constant_time_equal
 
 log = logging.getLogger("plasmaboot.http")
 
+FIRMWARE_AGENTS = ("iPXE/", "UefiHttpBoot/")
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Auth = Literal["public", "agent", "admin"]
 
@@ -181,7 +183,7 @@ def _guarded(route: Route) -> Handler:
                     raise api.error(403, "not the admin token")
             response = await route.handler(request)
             status = response.status
-            if route.path.startswith("/boot/"):
+            if request.headers.get("User-Agent", "").startswith(FIRMWARE_AGENTS):
                 # Firmware never closes its connections: it reboots or hands over to the
                 # kernel, and after a reboot iPXE can reuse the same source port. A kept-
                 # alive stale connection then answers its SYN and iPXE sees a reset.

@@ -126,22 +126,27 @@ class Transfer:
 
     def _on_readable(self) -> None:
         """Handle one datagram per wake-up: epoll wakes us again while more are queued."""
+        self._read_one()
+
+    def _read_one(self) -> bool:
+        """Handle one queued datagram; False when none was waiting."""
         try:
             datagram = self._sock.recv(1024)
         except BlockingIOError:
-            return
+            return False
         except OSError as exc:  # ICMP port unreachable: the client is gone
             self._finish("error", f"client unreachable: {exc.strerror}")
-            return
+            return False
         try:
             opcode, number, message = parse_ack_or_error(datagram)
         except BadPacket:
-            return
+            return True
         if opcode is Opcode.ERROR:
             self._on_client_error(number, message)
         elif self._on_ack(number) and not self._done:
             self._send_window()
             self._arm_timer()
+        return True
 
     def _on_ack(self, block: int) -> bool:
         ahead = (block - self._acked) & 0xFFFF
@@ -256,6 +261,11 @@ class Transfer:
 
     def _on_timer(self) -> None:
         self._timer = None
+        # A busy loop (hundreds of initrds going out by sendfile) can run this timer before
+        # the reader callback of an ACK that has already arrived: read what is queued first,
+        # so the loop's own lag is never taken for a lost packet (seen in the boot storm).
+        while not self._done and self._read_one():
+            pass
         if self._done:
             return
         if self._loop.time() < self._deadline:

@@ -276,7 +276,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bandwidth-repeats", type=int, default=3)
     parser.add_argument("--py-spy", type=Path, help="profile plasmaboot into this directory")
     parser.add_argument("--out", type=Path, default=Path("storm-results.json"))
-    parser.add_argument("--plot", type=Path, default=Path("storm-timeline.png"))
+    parser.add_argument("--plot", type=Path, default=Path("build/storm-timeline.png"))
     return parser.parse_args(argv)
 
 

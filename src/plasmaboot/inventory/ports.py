@@ -30,10 +30,6 @@ class PortRule:
     required: bool = True
     port_end: int | None = None  # inclusive end of a range such as NodePort 30000-32767
 
-    @property
-    def ports_text(self) -> str:
-        return f"{self.port}-{self.port_end}" if self.port_end else str(self.port)
-
 
 PORT_MATRIX: tuple[PortRule, ...] = (
     PortRule("chainfire", 2379, "tcp", "Chainfire client API", "internal"),

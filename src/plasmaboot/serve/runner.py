@@ -25,6 +25,7 @@ from plasmaboot.dhcp.server import DhcpServer
 from plasmaboot.inventory import Inventory, InventoryError, load_inventory
 from plasmaboot.serve.context import Provisioner, ServeSettings
 from plasmaboot.serve.installer import InstallDriver
+from plasmaboot.serve.loop_thread import LoopThread
 from plasmaboot.store import open_store
 from plasmaboot.tftp import DEBIAN_IPXE_LINK_ROOTS, DEBIAN_IPXE_ROOT
 from plasmaboot.tftp.metrics import record_transfer
@@ -113,6 +114,8 @@ class ProvisioningServer:
         self.interface = dhcp_interface(options, inv) if options.dhcp else options.interface
         self.dhcp: DhcpServer | None = None
         self.tftp: TftpServer | None = None
+        # TFTP gets its own loop: see serve/loop_thread.py for the boot-storm evidence.
+        self.tftp_thread = LoopThread("tftp")
         self.http: web.AppRunner | None = None
         self.stopped = asyncio.Event()
 
@@ -154,7 +157,7 @@ class ProvisioningServer:
             interface=self.interface,
             on_transfer=record_transfer,
         )
-        await self.tftp.start()
+        await self.tftp_thread.run(self.tftp.start())
         self.provisioner.probes["tftp"] = _probe(self.tftp)
         if opts.dhcp:
             self.dhcp = DhcpServer(
@@ -185,7 +188,8 @@ class ProvisioningServer:
             await self.dhcp.stop()
         await self.installer.stop()
         if self.tftp is not None:
-            await self.tftp.stop()
+            await self.tftp_thread.run(self.tftp.stop())
+        self.tftp_thread.close()
         if self.http is not None:
             await self.http.cleanup()
         self.store.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -143,3 +144,15 @@ def test_schemathesis_finds_no_server_errors(
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert httpx.get(f"{BASE}/health").status_code == 200
+
+
+def test_a_taken_port_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", TFTP_PORT))
+        result = subprocess.run(
+            serve_argv(lab_copy(tmp_path), tmp_path / "state", "--no-dhcp"),
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    output = " ".join(result.stderr.split())
+    assert result.returncode == 1
+    assert f"cannot bind 127.0.0.1:{TFTP_PORT}" in output and "Traceback" not in output

@@ -21,6 +21,7 @@ from typing import Protocol
 
 from aiohttp import web
 
+from plasmaboot.dhcp.config import DhcpConfigError
 from plasmaboot.dhcp.server import DhcpServer
 from plasmaboot.inventory import Inventory, InventoryError, load_inventory
 from plasmaboot.serve.context import Provisioner, ServeSettings
@@ -97,6 +98,8 @@ class ProvisioningServer:
             inv = load_inventory(options.config)
         except InventoryError as exc:
             raise ServeError(str(exc)) from None
+        # Refuse before touching the store: a server that will not start changes nothing.
+        self.interface = dhcp_interface(options, inv) if options.dhcp else options.interface
         self.store = open_store(options.state_dir)
         self.store.import_inventory(inv)
         http_port = options.http_port or inv.server.http_port
@@ -111,13 +114,10 @@ class ProvisioningServer:
         self.provisioner = Provisioner(inv, self.store, settings)
         self.installer = InstallDriver(self.provisioner)
         self.provisioner.listeners.append(self.installer)
-        self.interface = dhcp_interface(options, inv) if options.dhcp else options.interface
         self.dhcp: DhcpServer | None = None
         self.tftp: TftpServer | None = None
-        # TFTP gets its own loop: see serve/loop_thread.py for the boot-storm evidence.
-        self.tftp_thread = LoopThread("tftp")
+        self.tftp_thread: LoopThread | None = None
         self.http: web.AppRunner | None = None
-        self.stopped = asyncio.Event()
 
     def reload(self) -> list[str]:
         """Swap in the inventory file's current content, or keep the running one."""
@@ -157,6 +157,8 @@ class ProvisioningServer:
             interface=self.interface,
             on_transfer=record_transfer,
         )
+        # TFTP gets its own loop: see serve/loop_thread.py for the boot-storm evidence.
+        self.tftp_thread = LoopThread("tftp")
         await self.tftp_thread.run(self.tftp.start())
         self.provisioner.probes["tftp"] = _probe(self.tftp)
         if opts.dhcp:
@@ -187,13 +189,13 @@ class ProvisioningServer:
         if self.dhcp is not None:
             await self.dhcp.stop()
         await self.installer.stop()
-        if self.tftp is not None:
-            await self.tftp_thread.run(self.tftp.stop())
-        self.tftp_thread.close()
+        if self.tftp_thread is not None:
+            if self.tftp is not None:
+                await self.tftp_thread.run(self.tftp.stop())
+            self.tftp_thread.close()
         if self.http is not None:
             await self.http.cleanup()
         self.store.close()
-        self.stopped.set()
 
 
 async def serve_forever(options: ServeOptions) -> None:
@@ -203,7 +205,11 @@ async def serve_forever(options: ServeOptions) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, server.reload)
-    await server.start()
+    try:
+        await server.start()
+    except (OSError, DhcpConfigError) as exc:  # a port taken, an interface missing, ...
+        await server.stop()
+        raise ServeError(str(exc)) from None
     try:
         await stop.wait()
     finally:

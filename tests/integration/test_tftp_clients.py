@@ -64,9 +64,19 @@ class RunningServer:
     root: Path
     log: Path
 
-    def transfer_lines(self, filename: str) -> list[str]:
-        text = self.log.read_text()
-        return [line for line in text.splitlines() if f"filename={filename}" in line]
+    def transfer_lines(self, filename: str, wait_s: float = 5.0) -> list[str]:
+        """The server's log lines for `filename`, waiting for the first one to be written.
+
+        The server logs a transfer when it ends, which can be after the client exits: when
+        the client's last ACK is lost, the server learns it is gone only on its retransmit.
+        """
+        deadline = time.monotonic() + wait_s
+        while True:
+            text = self.log.read_text()
+            lines = [line for line in text.splitlines() if f"filename={filename}" in line]
+            if lines or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

@@ -91,7 +91,7 @@ def test_rfc2131_4_1_giaddr_replies_go_to_the_relay_port_67(
         assert address == expected
     else:
         assert address.startswith("10.231.1.")
-    assert f"via ('{RELAY_DOWN}', 67)" in server.log  # OFFER/ACK went to giaddr:67
+    assert server.logged(f"via ('{RELAY_DOWN}', 67)"), server.log  # OFFER/ACK to giaddr:67
 
 
 def _proxy_lan(nets: Namespaces, tmp: Path) -> tuple[str, str, str, str]:
@@ -136,7 +136,7 @@ def test_proxydhcp_plain_client_gets_its_address_from_dnsmasq_only(
     address = _dhclient(nets, cli, nets.ifname("pbdcv"), tmp_path, pxe_vendor)
     assert address is not None and address.startswith("10.231.0.1")  # dnsmasq's range
     assert UNKNOWN_MAC in (tmp_path / "dnsmasq.leases").read_text()
-    assert "OFFER" in server.log and f"{UNKNOWN_MAC} -> 0.0.0.0" in server.log
+    assert server.logged("OFFER", f"{UNKNOWN_MAC} -> 0.0.0.0"), server.log
 
 
 def test_proxydhcp_ipxe_in_qemu_boots_our_script_with_dnsmasq_address(

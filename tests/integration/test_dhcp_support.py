@@ -157,11 +157,13 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 15) -> ServerProcess:
+        """Start and wait for this process's own "listening" line (a restart shares the log)."""
+        before = self.log.count("dhcp listening") if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if "dhcp listening" in self.log_path.read_text(errors="replace"):
+            if self.log.count("dhcp listening") > before:
                 return self
             if self.proc.poll() is not None:
                 raise RuntimeError(f"dhcp server exited: {self.log_path.read_text()}")
@@ -176,6 +178,16 @@ class ServerProcess:
     @property
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def logged(self, *needles: str, timeout: float = 10) -> bool:
+        """Whether every needle shows up in the log within `timeout` (lines are written
+        after the reply is sent, so a client can finish before its line exists)."""
+        deadline = time.monotonic() + timeout
+        while not all(needle in self.log for needle in needles):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
 
 @pytest.fixture

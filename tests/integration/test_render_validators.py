@@ -241,12 +241,14 @@ def test_nginx_serves_the_rendered_boot_tree(
 
 FETCH = """
 import json, time, urllib.request
-for _ in range(50):
+for _ in range(300):
     try:
         health = urllib.request.urlopen("{base}/health", timeout=2).read().decode()
         break
     except OSError:
         time.sleep(0.1)
+else:
+    raise SystemExit("nginx did not answer /health within 30 s")
 boot = urllib.request.urlopen("{base}/boot/ipxe/boot.ipxe", timeout=2)
 node = urllib.request.urlopen("{base}/boot/ipxe/node/{mac}.ipxe", timeout=2)
 print(json.dumps([health, boot.headers["Cache-Control"], boot.read().decode(),

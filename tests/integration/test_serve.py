@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -24,6 +24,16 @@ HTTP_PORT = 17510
 TFTP_PORT = 17511
 ADMIN = "serve-test-admin"
 BASE = f"http://127.0.0.1:{HTTP_PORT}"
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 15) -> bool:
+    """Poll `condition` until it holds or `timeout` passes: signals are handled later."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def lab_copy(tmp_path: Path, mutate: object = None) -> Path:
@@ -105,16 +115,15 @@ def test_sighup_with_broken_inventory_keeps_serving(
     good = config.read_text()
     config.write_text(good.replace("52:54:00:12:34:57", "52:54:00:12:34:56"))
     proc.send_signal(signal.SIGHUP)
-    time.sleep(1)
+    assert wait_for(lambda: "inventory reload refused" in log.read_text()), log.read_text()
     assert httpx.get(f"{BASE}/health").status_code == 200
-    assert "inventory reload refused" in log.read_text()
     assert "nodes[1].macs[0]" in log.read_text()
     nodes = httpx.get(f"{BASE}/api/v1/nodes", headers={"Authorization": f"Bearer {ADMIN}"})
     assert [n["macs"] for n in nodes.json()][1] == ["52:54:00:12:34:57"]
 
     config.write_text(good.replace("52:54:00:12:34:59", "52:54:00:12:34:5f"))
     proc.send_signal(signal.SIGHUP)
-    time.sleep(1)
+    assert wait_for(lambda: "inventory reloaded" in log.read_text()), log.read_text()
     node04 = httpx.get(f"{BASE}/api/v1/nodes/node04", headers={"Authorization": f"Bearer {ADMIN}"})
     assert node04.json()["macs"] == ["52:54:00:12:34:5f"]
 

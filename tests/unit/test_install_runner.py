@@ -150,7 +150,8 @@ async def test_a_leftover_child_holding_the_output_does_not_hang_the_run(
 
 
 async def test_concurrency_is_bounded() -> None:
-    script = "import time\nprint('start', flush=True)\ntime.sleep(0.4)\nprint('end', flush=True)\n"
+    # each child runs 1 s: long enough that start-up skew never hides the overlap
+    script = "import time\nprint('start', flush=True)\ntime.sleep(1.0)\nprint('end', flush=True)\n"
     active = 0
     peak = 0
 

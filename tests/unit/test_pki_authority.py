@@ -19,8 +19,6 @@ from typer.testing import CliRunner
 from plasmaboot.pki import PKIError, init_ca, issue_node_cert, list_certs, renew
 from plasmaboot.pki.cli import app
 
-TLS_PORT = 17010  # loopback port from this module's assigned range
-
 
 @pytest.fixture()
 def pki(tmp_path: Path) -> Path:
@@ -54,9 +52,8 @@ def test_keys_are_mode_0600_and_certs_world_readable(pki: Path) -> None:
     assert not list(pki.glob(".*")), "temporary files left behind"
 
 
-def _serve_once(context: ssl.SSLContext, ready: threading.Event, errors: list[str]) -> None:
-    with socket.create_server(("127.0.0.1", TLS_PORT)) as server:
-        ready.set()
+def _serve_once(context: ssl.SSLContext, server: socket.socket, errors: list[str]) -> None:
+    with server:
         server.settimeout(10)
         for _ in range(2):
             conn, _addr = server.accept()
@@ -75,14 +72,15 @@ def test_tls_handshake_verifies_node01_by_name_and_by_ip_with_client_cert(pki: P
     client_ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
     client_ctx.load_cert_chain(str(pki / "node02.crt"), str(pki / "node02.key"))
     assert client_ctx.check_hostname
-    ready, errors = threading.Event(), list[str]()
-    server = threading.Thread(target=_serve_once, args=(server_ctx, ready, errors))
+    listener = socket.create_server(("127.0.0.1", 0))  # listening before the thread starts
+    port = listener.getsockname()[1]
+    errors = list[str]()
+    server = threading.Thread(target=_serve_once, args=(server_ctx, listener, errors))
     server.start()
-    ready.wait(5)
     seen_by_server = []
     for server_name in ("node01.example.com", "127.0.0.1"):
         with (
-            socket.create_connection(("127.0.0.1", TLS_PORT), timeout=5) as raw,
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
             client_ctx.wrap_socket(raw, server_hostname=server_name) as tls,
         ):
             seen_by_server.append(tls.recv(100).decode())

@@ -131,8 +131,7 @@ class LeaseAllocator:
         candidates.sort(key=lambda le: le.expires_at)
         self._free.extend(IPv4Address(le.ip) for le in candidates[:_SWEEP_BATCH])
 
-    def _remember(self, lease: Lease, durable: bool, now: float) -> Lease:
-        ip = IPv4Address(lease.ip)
+    def _remember(self, ip: IPv4Address, lease: Lease, durable: bool, now: float) -> Lease:
         self._leases[ip] = lease
         if lease.client_key:
             previous = self._by_key.get(lease.client_key)
@@ -174,9 +173,8 @@ class LeaseAllocator:
         held = self._leases.get(ip)
         if held is None or held.state != "bound" or held.expires_at <= now:
             hostname = host.hostname if host else None
-            self._remember(
-                Lease(str(ip), key, mac, "offered", now + OFFER_HOLD_S, hostname), False, now
-            )
+            lease = Lease(str(ip), key, mac, "offered", now + OFFER_HOLD_S, hostname)
+            self._remember(ip, lease, False, now)
         return ip
 
     def bind(
@@ -187,9 +185,8 @@ class LeaseAllocator:
             return None
         host = self._fixed_ips.get(ip)
         name = host.hostname if host else hostname
-        return self._remember(
-            Lease(str(ip), key, mac, "bound", now + self.lease_time, name), True, now
-        )
+        lease = Lease(str(ip), key, mac, "bound", now + self.lease_time, name)
+        return self._remember(ip, lease, True, now)
 
     def forget_offer(self, key: str) -> None:
         """The client chose another server (RFC 2131 3.1.4): free what we offered it."""

@@ -8,6 +8,7 @@ server needs one small, allocation-light decoder it can fuzz.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
@@ -26,6 +27,7 @@ _ZERO = bytes(4)
 
 # Options a reply keeps when it must shrink to the client's option 57.
 _ESSENTIAL = frozenset({Opt.MESSAGE_TYPE, Opt.SERVER_ID, Opt.LEASE_TIME, Opt.SUBNET_MASK})
+_HEAD = (Opt.MESSAGE_TYPE, Opt.SERVER_ID)
 
 
 class DecodeError(ValueError):
@@ -61,7 +63,7 @@ class DhcpPacket:
 
     @property
     def mac(self) -> str:
-        return ":".join(f"{b:02x}" for b in self.chaddr)
+        return self.chaddr.hex(":")
 
     @property
     def broadcast(self) -> bool:
@@ -146,6 +148,18 @@ def _option_bytes(code: int, value: bytes) -> bytes:
     )
 
 
+def _in_wire_order(options: dict[int, bytes]) -> Iterator[tuple[int, bytes]]:
+    """Message type and server id first (some PXE ROMs read only the head), then the rest
+    in the caller's order."""
+    for head in _HEAD:
+        value = options.get(head)
+        if value is not None:
+            yield head, value
+    for code, value in options.items():
+        if code not in _HEAD:
+            yield code, value
+
+
 def encode(packet: DhcpPacket, max_size: int = MIN_DHCP_SIZE) -> bytes:
     """Serialise; options that do not fit `max_size` (option 57) are left out, last first.
 
@@ -173,12 +187,8 @@ def encode(packet: DhcpPacket, max_size: int = MIN_DHCP_SIZE) -> bytes:
         packet.file,
     )
     budget = max(max_size, MIN_DHCP_SIZE) - 28 - HEADER_SIZE - 4 - 1  # IP+UDP, cookie, END
-    ordered = sorted(
-        packet.options.items(),
-        key=lambda item: 0 if item[0] == Opt.MESSAGE_TYPE else 1 if item[0] == Opt.SERVER_ID else 2,
-    )
     body = bytearray()
-    for code, value in ordered:
+    for code, value in _in_wire_order(packet.options):
         encoded = _option_bytes(code, value)
         if len(body) + len(encoded) > budget and code not in _ESSENTIAL:
             continue

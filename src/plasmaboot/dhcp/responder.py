@@ -155,7 +155,7 @@ class Responder:
             return None
         reply = self._reply(request, MessageType.OFFER, yiaddr=ip)
         self._add_lease_options(reply, node)
-        self._add_boot(request, reply, node)
+        self._add_boot(request, _facts(request), reply, node)
         return self._route(request, reply, source, durable=False)
 
     def _request(
@@ -177,8 +177,8 @@ class Responder:
             return self._nak(request, f"{wanted} is not this client's address")
         reply = self._reply(request, MessageType.ACK, yiaddr=wanted)
         self._add_lease_options(reply, node)
-        self._add_boot(request, reply, node)
         facts = _facts(request)
+        self._add_boot(request, facts, reply, node)
         if node is not None and _is_netboot(facts):
             self.on_pxe(node, facts)
         self.stats["bound"] += 1
@@ -190,7 +190,7 @@ class Responder:
         """RFC 2131 3.4: configuration only, no lease, no yiaddr, sent to ciaddr."""
         reply = self._reply(request, MessageType.ACK, yiaddr=UNSPECIFIED)
         self._add_lease_options(reply, node, with_times=False)
-        self._add_boot(request, reply, node)
+        self._add_boot(request, _facts(request), reply, node)
         return self._route(request, reply, source, durable=False)
 
     def _nak(self, request: DhcpPacket, why: str) -> Reply:
@@ -212,11 +212,11 @@ class Responder:
             return None
         if pxe_port and kind in (MessageType.REQUEST, MessageType.INFORM):
             reply = self._reply(request, MessageType.ACK, yiaddr=UNSPECIFIED)
-            self._add_boot(request, reply, self.nodes(request.mac), proxy=True)
+            self._add_boot(request, facts, reply, self.nodes(request.mac), proxy=True)
             return Reply(reply, source, self._max_size(request), False, self._arp(request))
         if not pxe_port and kind is MessageType.DISCOVER:
             reply = self._reply(request, MessageType.OFFER, yiaddr=UNSPECIFIED)
-            self._add_boot(request, reply, self.nodes(request.mac), proxy=True)
+            self._add_boot(request, facts, reply, self.nodes(request.mac), proxy=True)
             return self._route(request, reply, source, durable=False)
         return None
 
@@ -259,9 +259,14 @@ class Responder:
             reply.options[Opt.HOSTNAME] = hostname.encode()
 
     def _add_boot(
-        self, request: DhcpPacket, reply: DhcpPacket, node: NodeView | None, *, proxy: bool = False
+        self,
+        request: DhcpPacket,
+        facts: ClientFacts,
+        reply: DhcpPacket,
+        node: NodeView | None,
+        *,
+        proxy: bool = False,
     ) -> None:
-        facts = _facts(request)
         if not _is_netboot(facts):
             return
         decision = dhcp_boot(

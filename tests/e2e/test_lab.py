@@ -67,6 +67,14 @@ def metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
+def link_local(mac: str) -> str:
+    """RFC 4291 appendix A: the EUI-64 link-local address iPXE derives from its MAC."""
+    octets = [int(part, 16) for part in mac.split(":")]
+    eui64 = [octets[0] ^ 0x02, *octets[1:3], 0xFF, 0xFE, *octets[3:]]
+    groups = [f"{eui64[i] << 8 | eui64[i + 1]:x}" for i in range(0, 8, 2)]
+    return "fe80::" + ":".join(groups)
+
+
 def explain(lab: Lab, hostname: str) -> str:
     console = lab.vm_spec(hostname).console_log
     tail = console.read_text(errors="replace")[-3000:] if console.exists() else "(no console)"
@@ -87,6 +95,10 @@ def test_one_vm_boots_to_active_and_then_boots_from_disk(
         assert reached, explain(lab, "node01")
         assert lab.events("node01") == ACTIVE_SEQUENCE
         assert lab.wait_vm_exit("node01", 120) is not None, "the VM powers off once joined"
+        # iPXE solicited a router from its EUI-64 link-local address and was answered, so
+        # it did not sit out its IPv6 timeout (lab/router_advert.py).
+        answered = lab.router_advert_log.read_text()
+        assert f"solicitation from {link_local(lab.vm_spec('node01').mac)}" in answered
 
         seen = metrics(lab)
         tftp_files = metric(seen, "plasmaboot_tftp_transfers_total", outcome="ok")

@@ -51,8 +51,10 @@ class LabNetwork:
             run(*ns, "link", "add", self.bridge, "type", "bridge")
             run(*ns, "addr", "add", str(self.server), "dev", self.bridge)
             run(*ns, "link", "set", self.bridge, "up")
-            # No IPv6 on the lab bridge: iPXE and OVMF would wait for router adverts.
-            run(*self.exec_argv("sysctl", "-qw", f"net.ipv6.conf.{self.bridge}.disable_ipv6=1"))
+            # IPv6 link-local only, usable at once (no DAD), so the lab's router adverts
+            # (lab/router_advert.py) have a source address; the bridge takes none itself.
+            for setting in ("accept_dad=0", "accept_ra=0", "disable_ipv6=0"):
+                run(*self.exec_argv("sysctl", "-qw", f"net.ipv6.conf.{self.bridge}.{setting}"))
         except LabNetworkError:
             self.destroy()
             raise

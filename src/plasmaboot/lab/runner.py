@@ -104,15 +104,31 @@ class Lab:
         return self.workdir / "serve.log"
 
     @property
+    def router_advert_log(self) -> Path:
+        return self.workdir / "router-advert.log"
+
+    @property
     def http_base(self) -> str:
         return f"http://{self.inventory.server.provisioning_ip}:{self.inventory.server.http_port}"
 
     # ---- bring-up ------------------------------------------------------------------
 
     def create_network(self) -> None:
+        """The namespace and bridge, and the bridge's router adverts (lab/router_advert.py).
+
+        The advertiser runs inside the lab namespace, so `lab down` stops it with the rest.
+        """
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.record.save(self.workdir)  # before creating: a crash now is still cleaned up
         self.network.create()
+        argv = self.network.exec_argv(
+            sys.executable, "-m", "plasmaboot.lab.router_advert",
+            "--interface", self.network.bridge,
+        )  # fmt: skip
+        with self.router_advert_log.open("ab") as log:
+            self._procs["router-advert"] = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT
+            )
 
     def start_server(self, timeout_s: float = 30) -> None:
         argv = self.network.exec_argv(

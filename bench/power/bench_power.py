@@ -26,9 +26,9 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from types import SimpleNamespace
 
 from plasmaboot.install import InstallRunner
+from plasmaboot.inventory.models import Bmc
 from plasmaboot.power import PowerDriver, driver_for
 
 USER, PASSWORD = "pbpbench", "pbpBenchPw1"
@@ -116,16 +116,10 @@ def sushy(base: Path) -> AbstractContextManager[None]:
 
 def driver(kind: str, port: int) -> PowerDriver:
     os.environ["PBP_BENCH_PW"] = PASSWORD
-    bmc = SimpleNamespace(
-        address="127.0.0.1",
-        driver=kind,
-        port=port,
-        username=USER,
-        password_env="PBP_BENCH_PW",
-        password_file=None,
-        system_id=SYSTEM_ID,
-        verify_tls=False,
-    )
+    bmc = Bmc.model_validate(
+        {"address": "127.0.0.1", "driver": kind, "port": port, "username": USER,
+         "password_env": "PBP_BENCH_PW", "system_id": SYSTEM_ID, "verify_tls": False}
+    )  # fmt: skip
     return driver_for(bmc, "bench")
 
 

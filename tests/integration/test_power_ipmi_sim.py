@@ -15,10 +15,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
+from power_support import assert_password_not_logged, attempts_logged, emulator_driver
 
+from plasmaboot.inventory.models import Bmc
 from plasmaboot.lab.bmc import EMU_COMMANDS, LAN_CONF
 from plasmaboot.power import (
     BadCredentialsError,
@@ -27,7 +28,6 @@ from plasmaboot.power import (
     PowerDriver,
     PowerState,
     RetryPolicy,
-    driver_for,
 )
 
 pytestmark = pytest.mark.integration
@@ -85,36 +85,11 @@ def make_driver(
     password: str = PASSWORD,
     retry: RetryPolicy | None = None,
 ) -> PowerDriver:
-    monkeypatch.setenv("PBP_TEST_IPMI_PW", password)
-    bmc = SimpleNamespace(
-        address="127.0.0.1",
-        driver="ipmi",
-        port=port,
-        username=USER,
+    bmc = Bmc(
+        address="127.0.0.1", driver="ipmi", port=port, username=USER,
         password_env="PBP_TEST_IPMI_PW",
-        password_file=None,
-        system_id=None,
-        verify_tls=True,
-    )
-    policy = retry or RetryPolicy(attempts=2, base_delay_s=0.1, max_delay_s=0.2)
-    return driver_for(bmc, "rack1-n1", retry=policy, settle_timeout_s=15)
-
-
-def assert_password_not_logged(caplog: pytest.LogCaptureFixture, password: str) -> None:
-    assert caplog.records, "expected the driver to log its requests"
-    for record in caplog.records:
-        assert password not in record.getMessage()
-
-
-def attempts_logged(caplog: pytest.LogCaptureFixture, operation: str = "") -> int:
-    """BMC requests the driver logged, for one operation or (default) for all."""
-    return sum(
-        1
-        for r in caplog.records
-        if r.name == "plasmaboot.power"
-        and "power request" in r.getMessage()
-        and f"op={operation}" in r.getMessage()
-    )
+    )  # fmt: skip
+    return emulator_driver(monkeypatch, bmc, "rack1-n1", password, retry=retry, settle_timeout_s=15)
 
 
 @pytest.fixture(scope="module")

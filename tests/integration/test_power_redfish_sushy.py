@@ -18,7 +18,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -27,7 +26,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from power_support import assert_password_not_logged, attempts_logged, emulator_driver
 
+from plasmaboot.inventory.models import Bmc
 from plasmaboot.power import (
     BadCredentialsError,
     BmcConfigurationError,
@@ -37,7 +38,6 @@ from plasmaboot.power import (
     PowerState,
     RetryPolicy,
     UnsupportedOperationError,
-    driver_for,
 )
 
 pytestmark = pytest.mark.integration
@@ -170,36 +170,11 @@ def make_driver(
     verify_tls: bool = False,
     retry: RetryPolicy | None = None,
 ) -> PowerDriver:
-    monkeypatch.setenv("PBP_TEST_REDFISH_PW", password)
-    bmc = SimpleNamespace(
-        address="127.0.0.1",
-        driver="redfish",
-        port=port,
-        username=USER,
-        password_env="PBP_TEST_REDFISH_PW",
-        password_file=None,
-        system_id=system_id,
-        verify_tls=verify_tls,
-    )
-    policy = retry or RetryPolicy(attempts=2, base_delay_s=0.1, max_delay_s=0.2)
-    return driver_for(bmc, "rack2-n7", retry=policy, settle_timeout_s=30)
-
-
-def attempts_logged(caplog: pytest.LogCaptureFixture, operation: str = "") -> int:
-    """BMC requests the driver logged, for one operation or (default) for all."""
-    return sum(
-        1
-        for r in caplog.records
-        if r.name == "plasmaboot.power"
-        and "power request" in r.getMessage()
-        and f"op={operation}" in r.getMessage()
-    )
-
-
-def assert_password_not_logged(caplog: pytest.LogCaptureFixture, password: str) -> None:
-    assert caplog.records, "expected the driver to log its requests"
-    for record in caplog.records:
-        assert password not in record.getMessage()
+    bmc = Bmc(
+        address="127.0.0.1", driver="redfish", port=port, username=USER,
+        password_env="PBP_TEST_REDFISH_PW", system_id=system_id, verify_tls=verify_tls,
+    )  # fmt: skip
+    return emulator_driver(monkeypatch, bmc, "rack2-n7", password, retry=retry)
 
 
 async def test_redfish_reset_on_and_force_off_reach_the_system(

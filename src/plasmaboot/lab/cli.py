@@ -67,7 +67,11 @@ def up(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for all nodes.")] = 900,
     teardown: Annotated[bool, typer.Option(help="Remove the lab when done.")] = False,
 ) -> None:
-    """Create the lab network, start serve, boot VMs and watch them reach `active`."""
+    """Create the lab network, start serve, boot VMs and watch them reach `active`.
+
+    Each `lab up` starts a new lab: what a previous one left in the work directory (its
+    store, VM disks and logs) is removed first; the built image is kept.
+    """
     if firmware not in FIRMWARES:
         raise typer.BadParameter("use bios, uefi or uefi-http", param_hint="--firmware")
     lab = Lab(workdir, config, firmware=firmware)
@@ -97,7 +101,7 @@ def up(
     if not ok:
         console.print(
             f"[red]not every node reached active[/red]; look at {lab.server_log} "
-            f"and {lab.workdir / 'vms'}/*.console.log"
+            f"and {lab.vm_dir}/*.console.log"
         )
         raise typer.Exit(1)
     console.print(f"[green]{len(names)} node(s) active in {elapsed:.0f} s[/green] ({firmware})")

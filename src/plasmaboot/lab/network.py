@@ -39,11 +39,7 @@ class LabNetwork:
         return self.netns in run("ip", "netns", "list").stdout.split()
 
     def create(self) -> None:
-        if self.exists():
-            raise LabNetworkError(
-                f"network namespace {self.netns} already exists: a lab is running or a "
-                "previous one crashed; run `plasmaboot lab down` first"
-            )
+        """The namespace and its bridge; `ip netns add` fails if the namespace exists."""
         run("ip", "netns", "add", self.netns)
         try:
             ns = ("ip", "-n", self.netns)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -104,6 +105,11 @@ class Lab:
         return self.workdir / "serve.log"
 
     @property
+    def vm_dir(self) -> Path:
+        """Each VM's disk, firmware variables and console log."""
+        return self.workdir / "vms"
+
+    @property
     def router_advert_log(self) -> Path:
         return self.workdir / "router-advert.log"
 
@@ -116,8 +122,16 @@ class Lab:
     def create_network(self) -> None:
         """The namespace and bridge, and the bridge's router adverts (lab/router_advert.py).
 
+        A new lab starts from nothing: the store, VM disks and logs a previous lab left in
+        the work directory are removed first, or its nodes would show as `active` at once.
         The advertiser runs inside the lab namespace, so `lab down` stops it with the rest.
         """
+        if self.network.exists():
+            raise LabError(
+                f"network namespace {self.network.netns} exists: a lab is running or a "
+                "previous one crashed; run `plasmaboot lab down` first"
+            )
+        self._remove_previous_run()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.record.save(self.workdir)  # before creating: a crash now is still cleaned up
         self.network.create()
@@ -129,6 +143,12 @@ class Lab:
             self._procs["router-advert"] = subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT
             )
+
+    def _remove_previous_run(self) -> None:
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        shutil.rmtree(self.vm_dir, ignore_errors=True)
+        for log in (self.server_log, self.router_advert_log):
+            log.unlink(missing_ok=True)
 
     def start_server(self, timeout_s: float = 30) -> None:
         argv = self.network.exec_argv(
@@ -169,7 +189,7 @@ class Lab:
             node.macs[0],
             self.network.tap_name(index),
             self.firmware,
-            self.workdir / "vms",
+            self.vm_dir,
         )
 
     def start_vm(self, hostname: str) -> VmSpec:

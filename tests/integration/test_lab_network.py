@@ -1,9 +1,9 @@
-"""The lab bridge answers router solicitations: a real Linux IPv6 stack solicits and hears.
+"""The lab's network as `plasmaboot lab up` makes it (namespace, bridge, advertiser).
 
-The lab's network is made as `plasmaboot lab up` makes it (namespace, bridge, advertiser);
-a client namespace is plugged into the bridge over a veth, and its kernel sends router
-solicitations when the link comes up. iPXE in QEMU is the peer that matters; the e2e lab
-test checks that it solicited and was answered.
+The bridge answers router solicitations: a client namespace plugged into it over a veth
+has its kernel solicit when the link comes up, and must hear an advert. iPXE in QEMU is the
+peer that matters; the e2e lab test checks that it solicited and was answered. A new lab
+starts from nothing, and refuses to start over a running one.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from plasmaboot.lab.runner import Lab, tear_down
+from plasmaboot.lab.runner import Lab, LabError, tear_down
 
 pytestmark = pytest.mark.integration
 
@@ -37,9 +37,13 @@ def adverts_received(netns: str) -> int:
     raise AssertionError("no Icmp6InRouterAdvertisements counter in /proc/net/snmp6")
 
 
-def test_rfc4861_6_2_6_a_solicitation_on_the_lab_bridge_gets_an_advert(tmp_path: Path) -> None:
+def need_root() -> None:
     if os.geteuid() != 0 or shutil.which("ip") is None:
         pytest.skip("needs root and iproute2 for network namespaces")
+
+
+def test_rfc4861_6_2_6_a_solicitation_on_the_lab_bridge_gets_an_advert(tmp_path: Path) -> None:
+    need_root()
     tag = secrets.token_hex(2)
     lab = Lab(tmp_path, ROOT / "examples/lab/cluster.yaml", netns=f"pbra{tag}")
     client, port, host_end = f"pbrc{tag}", f"pbrp{tag}", f"pbrh{tag}"
@@ -65,3 +69,25 @@ def test_rfc4861_6_2_6_a_solicitation_on_the_lab_bridge_gets_an_advert(tmp_path:
         subprocess.run(["ip", "netns", "del", client], check=False, capture_output=True)
         tear_down(tmp_path, lab.network.netns)
     assert lab.network.netns not in sh("ip", "netns", "list")
+
+
+def test_a_new_lab_forgets_the_previous_one_and_refuses_a_running_one(tmp_path: Path) -> None:
+    need_root()
+    lab = Lab(tmp_path, ROOT / "examples/lab/cluster.yaml", netns=f"pbrf{secrets.token_hex(2)}")
+    for leftover in (lab.state_dir / "plasmaboot.db", lab.vm_dir / "node01.qcow2"):
+        leftover.parent.mkdir(parents=True)
+        leftover.write_text("a previous lab's")
+    lab.server_log.write_text("a previous lab's log")
+    try:
+        lab.create_network()
+        assert not lab.state_dir.exists() and not lab.vm_dir.exists()
+        assert not lab.server_log.exists()
+        lab.state_dir.mkdir()
+        (lab.state_dir / "plasmaboot.db").write_text("the running lab's")
+        again = Lab(tmp_path, ROOT / "examples/lab/cluster.yaml", netns=lab.network.netns)
+        with pytest.raises(LabError, match="lab down"):
+            again.create_network()
+        assert (lab.state_dir / "plasmaboot.db").read_text() == "the running lab's"
+        assert lab.network.netns in sh("ip", "netns", "list")
+    finally:
+        tear_down(tmp_path, lab.network.netns)

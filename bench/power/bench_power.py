@@ -29,6 +29,7 @@ from pathlib import Path
 
 from plasmaboot.install import InstallRunner
 from plasmaboot.inventory.models import Bmc
+from plasmaboot.pki import init_ca, issue_node_cert
 from plasmaboot.power import PowerDriver, driver_for
 
 USER, PASSWORD = "pbpbench", "pbpBenchPw1"
@@ -76,31 +77,8 @@ def ipmi_sim(base: Path) -> AbstractContextManager[None]:
 def sushy(base: Path) -> AbstractContextManager[None]:
     import bcrypt
 
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "k.pem",
-            "-out",
-            "c.pem",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=pbp",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ],
-        cwd=base,
-        check=True,
-        capture_output=True,
-    )
+    init_ca(base, "pbp-bench-bmc")
+    tls = issue_node_cert(base, "bmc", None, ["127.0.0.1"], days=1)
     hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
     (base / "htpasswd").write_text(f"{USER}:{hashed}\n")
     systems = [{"uuid": SYSTEM_ID, "name": "bench", "power_state": "On", "nics": []}]
@@ -108,7 +86,7 @@ def sushy(base: Path) -> AbstractContextManager[None]:
         f"SUSHY_EMULATOR_FAKE_DRIVER = True\nSUSHY_EMULATOR_FAKE_SYSTEMS = {systems!r}\n"
         f"SUSHY_EMULATOR_LISTEN_IP = '127.0.0.1'\nSUSHY_EMULATOR_LISTEN_PORT = {REDFISH_PORT}\n"
         f"SUSHY_EMULATOR_AUTH_FILE = '{base}/htpasswd'\nSUSHY_EMULATOR_STATE_DIR = '{base}/st'\n"
-        f"SUSHY_EMULATOR_SSL_CERT = '{base}/c.pem'\nSUSHY_EMULATOR_SSL_KEY = '{base}/k.pem'\n"
+        f"SUSHY_EMULATOR_SSL_CERT = '{tls.cert}'\nSUSHY_EMULATOR_SSL_KEY = '{tls.key}'\n"
     )
     emulator = Path(sys.executable).parent / "sushy-emulator"
     return running([str(emulator), "--config", str(base / "emu.conf")], base)

@@ -1,15 +1,14 @@
 """The redfish driver against ``sushy-emulator`` with its fake systems driver.
 
-The emulator serves HTTPS with a throw-away self-signed certificate and HTTP basic auth
-from a bcrypt htpasswd file, on loopback. Its fake driver applies power changes 1 to 11 s
-after the request, like real hardware, so the tests also exercise the wait for the state.
+The emulator serves HTTPS with a certificate from a throw-away `plasmaboot pki` CA (trusted
+by nothing) and HTTP basic auth from a bcrypt htpasswd file, on loopback. Its fake driver
+applies power changes 1 to 11 s after the request, like real hardware, so the tests also
+exercise the wait for the state.
 Two fake systems make ``bmc.system_id`` matter.
 """
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import logging
 import shutil
 import subprocess
@@ -22,13 +21,10 @@ from typing import Any
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from power_support import assert_password_not_logged, attempts_logged, emulator_driver
 
 from plasmaboot.inventory.models import Bmc
+from plasmaboot.pki import init_ca, issue_node_cert
 from plasmaboot.power import (
     BadCredentialsError,
     BmcConfigurationError,
@@ -71,36 +67,6 @@ def emulator_binary() -> str | None:
     return str(beside_python) if beside_python.exists() else shutil.which("sushy-emulator")
 
 
-def write_self_signed_cert(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pbp-test-bmc")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "bmc.crt", directory / "bmc.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
     binary = emulator_binary()
@@ -109,7 +75,8 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
     import bcrypt  # sushy-tools' own dependency, present whenever the emulator is
 
     base = tmp_path_factory.mktemp("pbp-redfish")
-    cert, key = write_self_signed_cert(base)
+    init_ca(base, "pbp-test-bmc")  # a CA no system trusts: verify_tls must matter
+    tls = issue_node_cert(base, "bmc", None, ["127.0.0.1"], days=1)
     htpasswd = base / "htpasswd"
     hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
     htpasswd.write_text(f"{USER}:{hashed}\n")
@@ -125,8 +92,8 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
         f"SUSHY_EMULATOR_LISTEN_PORT = {PORT}\n"
         f"SUSHY_EMULATOR_AUTH_FILE = {str(htpasswd)!r}\n"
         f"SUSHY_EMULATOR_STATE_DIR = {str(base / 'state')!r}\n"
-        f"SUSHY_EMULATOR_SSL_CERT = {str(cert)!r}\n"
-        f"SUSHY_EMULATOR_SSL_KEY = {str(key)!r}\n"
+        f"SUSHY_EMULATOR_SSL_CERT = {str(tls.cert)!r}\n"
+        f"SUSHY_EMULATOR_SSL_KEY = {str(tls.key)!r}\n"
     )
     log = (base / "emulator.log").open("wb")
     process = subprocess.Popen(

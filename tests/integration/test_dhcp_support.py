@@ -20,6 +20,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
+from polling import wait_for
 
 SERVER_IP = "10.231.0.1"
 SUBNET = "10.231.0.0/16"
@@ -182,12 +183,7 @@ class ServerProcess:
     def logged(self, *needles: str, timeout: float = 10) -> bool:
         """Whether every needle shows up in the log within `timeout` (lines are written
         after the reply is sent, so a client can finish before its line exists)."""
-        deadline = time.monotonic() + timeout
-        while not all(needle in self.log for needle in needles):
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-        return True
+        return wait_for(lambda: all(needle in self.log for needle in needles), timeout)
 
 
 @pytest.fixture

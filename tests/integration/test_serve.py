@@ -10,12 +10,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
+from polling import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -24,16 +25,6 @@ HTTP_PORT = 17510
 TFTP_PORT = 17511
 ADMIN = "serve-test-admin"
 BASE = f"http://127.0.0.1:{HTTP_PORT}"
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 15) -> bool:
-    """Poll `condition` until it holds or `timeout` passes: signals are handled later."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def lab_copy(tmp_path: Path, mutate: object = None) -> Path:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from polling import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -70,13 +71,12 @@ class RunningServer:
         The server logs a transfer when it ends, which can be after the client exits: when
         the client's last ACK is lost, the server learns it is gone only on its retransmit.
         """
-        deadline = time.monotonic() + wait_s
-        while True:
-            text = self.log.read_text()
-            lines = [line for line in text.splitlines() if f"filename={filename}" in line]
-            if lines or time.monotonic() > deadline:
-                return lines
-            time.sleep(0.05)
+
+        def lines() -> list[str]:
+            return [ln for ln in self.log.read_text().splitlines() if f"filename={filename}" in ln]
+
+        wait_for(lambda: bool(lines()), wait_s)
+        return lines()
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ from plasmaboot.lab.image import (
     module_bytes,
 )
 from plasmaboot.lifecycle import Event, State
-from plasmaboot.serve.context import Provisioner, ServeSettings
+from plasmaboot.provision import Provisioner, ProvisionerSettings
 from plasmaboot.store import SqliteStore
 from plasmaboot.web.app import build_app
 
@@ -146,7 +146,7 @@ async def server(assets: Path, tmp_path: Path) -> AsyncIterator[LabServer]:
     store = SqliteStore(tmp_path / "db")
     store.import_inventory(inventory)
     for port in PORTS:
-        settings = ServeSettings(
+        settings = ProvisionerSettings(
             state_dir=tmp_path,
             assets_dir=assets,
             tftp_root=Path("/usr/lib/ipxe"),

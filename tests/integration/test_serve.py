@@ -119,6 +119,29 @@ def test_sighup_with_broken_inventory_keeps_serving(
     assert node04.json()["macs"] == ["52:54:00:12:34:5f"]
 
 
+def _tftp_ok_transfers() -> float:
+    for line in httpx.get(f"{BASE}/metrics").text.splitlines():
+        if line.startswith('plasmaboot_tftp_transfers_total{outcome="ok"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_a_tftp_transfer_is_counted_once(
+    server: tuple[subprocess.Popen[str], Path, Path], tmp_path: Path
+) -> None:
+    before = _tftp_ok_transfers()
+    fetched = tmp_path / "undionly.kpxe"
+    subprocess.run(
+        ["tftp", "127.0.0.1", str(TFTP_PORT), "-m", "binary", "-c", "get", "undionly.kpxe",
+         str(fetched)],
+        check=True, timeout=30,
+    )  # fmt: skip
+    assert fetched.stat().st_size > 0
+    assert wait_for(lambda: _tftp_ok_transfers() >= before + 1)
+    time.sleep(0.5)  # a second count, if any, is recorded in the same loop turn
+    assert _tftp_ok_transfers() == before + 1
+
+
 def test_sigterm_drains_and_exits_cleanly(server: tuple[subprocess.Popen[str], Path, Path]) -> None:
     proc, _, log = server
     proc.send_signal(signal.SIGTERM)

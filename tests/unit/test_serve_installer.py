@@ -12,7 +12,7 @@ import yaml
 
 from plasmaboot.inventory import InventoryError, parse_inventory
 from plasmaboot.lifecycle import Event, State
-from plasmaboot.serve.context import Provisioner, ServeSettings
+from plasmaboot.provision import Provisioner, ProvisionerSettings
 from plasmaboot.serve.installer import InstallDriver
 from plasmaboot.store import SqliteStore
 
@@ -26,7 +26,7 @@ def provisioner(tmp_path: Path, installer: dict[str, Any] | None) -> Provisioner
     inv = parse_inventory(doc)
     store = SqliteStore(tmp_path / "db")
     store.import_inventory(inv)
-    settings = ServeSettings(tmp_path, tmp_path, tmp_path, "http://10.77.0.1:8080")
+    settings = ProvisionerSettings(tmp_path, tmp_path, tmp_path, "http://10.77.0.1:8080")
     p = Provisioner(inv, store, settings)
     p.listeners.append(InstallDriver(p))
     return p

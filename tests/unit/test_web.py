@@ -13,10 +13,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from plasmaboot.inventory import load_inventory
 from plasmaboot.lifecycle import Event, State
-from plasmaboot.serve.context import Provisioner, ServeSettings
+from plasmaboot.provision import Provisioner, ProvisionerSettings
+from plasmaboot.provision.tokens import token_hash
 from plasmaboot.store import SqliteStore
 from plasmaboot.web.app import ROUTES, build_app, openapi_document, openapi_path
-from plasmaboot.web.tokens import token_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN = "admin-secret"
@@ -82,7 +82,7 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     assets.mkdir(parents=True)
     (assets / "vmlinuz").write_bytes(b"kernel" * 1000)
     (assets / "initrd").write_bytes(INITRD)
-    settings = ServeSettings(
+    settings = ProvisionerSettings(
         state_dir=tmp_path,
         assets_dir=tmp_path / "assets",
         tftp_root=Path("/usr/lib/ipxe"),

@@ -27,6 +27,7 @@ from plasmaboot.dhcp.packet import DecodeError, decode, encode
 from plasmaboot.dhcp.responder import BROADCAST, NodeView, Reply, Responder
 from plasmaboot.inventory import Inventory
 from plasmaboot.lifecycle import TRANSITIONS, Event, IllegalTransition, State
+from plasmaboot.provision.lifecycle import LifecycleService
 from plasmaboot.store import Store
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,11 @@ class DhcpServer:
         http_base: str | None = None,
         chain_when_on_disk: bool = False,
         pxe_port: int = PXE_PORT,
+        lifecycle: LifecycleService | None = None,
     ) -> None:
         self.inv = inv
         self.store = store
+        self.lifecycle = lifecycle or LifecycleService(store)
         self.bind = bind
         self.port = port
         self.pxe_port = pxe_port
@@ -325,7 +328,7 @@ class DhcpServer:
 
     def _transition(self, hostname: str, detail: dict[str, Any]) -> None:
         try:
-            self.store.transition(hostname, Event.PXE_BOOT, actor="dhcp", detail=detail)
+            self.lifecycle.fire(hostname, Event.PXE_BOOT, "dhcp", detail)
             log.info("dhcp: %s is pxe-booting (%s)", hostname, detail["mac"])
         except IllegalTransition as exc:
             log.info("dhcp: %s not moved to pxe-booting: %s", hostname, exc)

@@ -24,6 +24,7 @@ from plasmaboot.lifecycle import (
     State,
 )
 from plasmaboot.power import BootDevice, PowerDriver, driver_for
+from plasmaboot.provision.lifecycle import LifecycleService
 from plasmaboot.store import NodeRecord, Store, UnknownNode
 
 ACTOR = "operator"
@@ -50,6 +51,11 @@ class NodeOperations:
     remove_member: MemberRemover | None = None
     poll_s: float = 1.0
     log: Callable[[str], None] = field(default=lambda message: None)
+    # serve passes its own, so CLI-driven transitions are counted and heard like any other
+    lifecycle: LifecycleService = None  # type: ignore[assignment]  # set in __post_init__
+
+    def __post_init__(self) -> None:
+        self.lifecycle = self.lifecycle or LifecycleService(self.store)
 
     def _record(self, hostname: str) -> NodeRecord:
         record = self.store.get_node(hostname)
@@ -68,7 +74,7 @@ class NodeOperations:
             raise IllegalTransition(record.hostname, record.state, event)
 
     def _fire(self, hostname: str, event: Event, detail: dict[str, object] | None = None) -> None:
-        self.store.transition(hostname, event, ACTOR, detail)
+        self.lifecycle.fire(hostname, event, ACTOR, detail)
         self.log(f"{hostname}: {event.value}")
 
     async def provision(self, hostname: str) -> None:
@@ -93,7 +99,6 @@ class NodeOperations:
         self._require(self._record(hostname), Event.REPROVISION)
         self._leave_cluster(hostname)
         self._fire(hostname, Event.REPROVISION)
-        self.store.revoke_tokens(hostname)
         await self.provision(hostname)
 
     def drain(self, hostname: str) -> None:
@@ -127,7 +132,6 @@ class NodeOperations:
             await self.power(spec).power_off()
             self.log(f"{hostname}: powered off")
         self._fire(hostname, Event.DECOMMISSION)
-        self.store.revoke_tokens(hostname)
 
     def _leave_cluster(self, hostname: str) -> None:
         if self.remove_member is None:

@@ -15,7 +15,7 @@ import time
 
 from plasmaboot.install import InstallRunner, split_command
 from plasmaboot.lifecycle import Event, IllegalTransition, State
-from plasmaboot.serve.context import Provisioner
+from plasmaboot.provision import Provisioner
 from plasmaboot.store import EventRecord
 
 log = logging.getLogger("plasmaboot.install")

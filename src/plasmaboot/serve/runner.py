@@ -24,12 +24,11 @@ from aiohttp import web
 from plasmaboot.dhcp.config import DhcpConfigError
 from plasmaboot.dhcp.server import DhcpServer
 from plasmaboot.inventory import Inventory, InventoryError, load_inventory
-from plasmaboot.serve.context import Provisioner, ServeSettings
+from plasmaboot.provision import Provisioner, ProvisionerSettings
 from plasmaboot.serve.installer import InstallDriver
 from plasmaboot.serve.loop_thread import LoopThread
 from plasmaboot.store import open_store
 from plasmaboot.tftp import DEBIAN_IPXE_LINK_ROOTS, DEBIAN_IPXE_ROOT
-from plasmaboot.tftp.metrics import record_transfer
 from plasmaboot.tftp.server import TftpServer
 from plasmaboot.web.app import build_app
 
@@ -104,7 +103,7 @@ class ProvisioningServer:
         self.store.import_inventory(inv)
         http_port = options.http_port or inv.server.http_port
         self.http_port = http_port
-        settings = ServeSettings(
+        settings = ProvisionerSettings(
             state_dir=options.state_dir,
             assets_dir=options.assets_dir,
             tftp_root=options.tftp_root,
@@ -155,7 +154,6 @@ class ProvisioningServer:
             host=opts.bind,
             port=opts.tftp_port or inv.server.tftp_port,
             interface=self.interface,
-            on_transfer=record_transfer,
         )
         # TFTP gets its own loop: see serve/loop_thread.py for the boot-storm evidence.
         self.tftp_thread = LoopThread("tftp")
@@ -171,6 +169,7 @@ class ProvisioningServer:
                 proxy=True if opts.proxy_dhcp else None,
                 http_base=self.provisioner.settings.http_base,
                 chain_when_on_disk=opts.simulate_disk_boot,
+                lifecycle=self.provisioner.lifecycle,
             )
             await self.dhcp.start()
             self.provisioner.probes["dhcp"] = _probe(self.dhcp)

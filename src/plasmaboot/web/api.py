@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from plasmaboot.inventory import normalize_mac
 from plasmaboot.lifecycle import Event, IllegalTransition, allowed_events
+from plasmaboot.provision.tokens import TokenRefused
 from plasmaboot.store import NodeRecord
 from plasmaboot.web.boot import PROVISIONER
-from plasmaboot.web.tokens import TokenRefused
 
 Body = TypeVar("Body", bound=BaseModel)
 

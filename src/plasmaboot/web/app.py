@@ -18,9 +18,9 @@ from aiohttp import web
 from prometheus_client import REGISTRY, Counter, Histogram
 from pydantic import BaseModel
 
-from plasmaboot.serve.context import Provisioner
+from plasmaboot.provision import Provisioner
+from plasmaboot.provision.tokens import constant_time_equal
 from plasmaboot.web import api, boot, observe
-from plasmaboot.web.tokens import constant_time_equal
 
 log = logging.getLogger("plasmaboot.http")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from plasmaboot.inventory import normalize_mac
-from plasmaboot.serve.context import Provisioner
+from plasmaboot.provision import Provisioner
 from plasmaboot.web import scripts
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -39,7 +39,7 @@ async def node_script(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text="not a MAC address") from None
     record = provisioner.store.node_by_mac(mac)
     if record is None:
-        record = provisioner.store.discover(mac, "http", {"remote": request.remote})
+        record = provisioner.discover(mac, "http", {"remote": request.remote})
     return _ipxe(scripts.node_script(provisioner, record, provisioner.spec_of(record)))
 
 

@@ -10,7 +10,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from plasmaboot.lifecycle import State
-from plasmaboot.serve.context import Provisioner
+from plasmaboot.provision import Provisioner
 from plasmaboot.web.boot import PROVISIONER
 
 SERVICES = ("dhcp", "tftp", "http")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from plasmaboot.inventory import Node
 from plasmaboot.lifecycle import BOOTS_FROM_DISK, Event, State
+from plasmaboot.provision import Provisioner
 from plasmaboot.render import ipxe
-from plasmaboot.serve.context import Provisioner
 from plasmaboot.store import NodeRecord
 
 NODE_SCRIPT_PATH = "/boot/ipxe/node/{mac}.ipxe"

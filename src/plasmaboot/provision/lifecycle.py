@@ -1,8 +1,9 @@
-"""What the DHCP, TFTP and HTTP sides of `plasmaboot serve` share.
+"""The one write path for lifecycle state: fire an event, count it, tell the listeners.
 
-One object holds the current inventory (swapped whole on SIGHUP), the store, the agent
-tokens and each service's health, and is the one place the servers fire lifecycle
-events through, so every transition is counted and timed the same way.
+DHCP, HTTP, the agent and admin APIs and the CLI's node operations all change a node's
+state through `LifecycleService.fire`; nothing else calls `store.transition`. So every
+transition, whoever caused it, is counted in /metrics, timed per state and heard by every
+listener (the installer driver starts installs from them).
 """
 
 from __future__ import annotations
@@ -10,17 +11,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import Counter, Histogram
 
-from plasmaboot.inventory import Inventory, Node
 from plasmaboot.lifecycle import TRANSITIONS, Event, IllegalTransition
 from plasmaboot.store import EventRecord, NodeRecord, Store
-from plasmaboot.web.tokens import AgentTokens, signing_key
 
-log = logging.getLogger("plasmaboot.serve")
+log = logging.getLogger("plasmaboot.lifecycle")
 
 TRANSITIONS_TOTAL = Counter(
     "plasmaboot_lifecycle_transitions_total", "Lifecycle transitions applied", ["event", "to"]
@@ -34,38 +32,22 @@ TRANSITION_SECONDS = Histogram(
 REFUSED_TOTAL = Counter(
     "plasmaboot_lifecycle_refused_total", "Events refused by the lifecycle table", ["event"]
 )
+DISCOVERED_TOTAL = Counter(
+    "plasmaboot_nodes_discovered_total", "Unknown machines recorded as discovered", ["actor"]
+)
+
+Listener = Callable[[EventRecord], None]
+
+# Events after which no credential issued for the node's previous install may be used.
+REVOKES_CREDENTIALS = frozenset({Event.REPROVISION, Event.DECOMMISSION})
 
 
 @dataclass
-class ServeSettings:
-    state_dir: Path
-    assets_dir: Path
-    tftp_root: Path
-    http_base: str
-    # The lab has no real disk OS: "boot from disk" boots the lab image in first-boot mode.
-    simulate_disk_boot: bool = False
-
-
-@dataclass
-class Provisioner:
-    inventory: Inventory
+class LifecycleService:
     store: Store
-    settings: ServeSettings
-    tokens: AgentTokens = field(init=False)
-    # service -> a probe answering "running", "disabled", "stopped" or "failed", asked live
-    probes: dict[str, Callable[[], str]] = field(default_factory=dict)
-    # Called with every applied transition (the installer driver starts installs from them);
-    # a listener must not block: long work goes into a task.
-    listeners: list[Callable[[EventRecord], None]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.tokens = AgentTokens(self.store, signing_key(self.settings.state_dir))
-
-    def spec_of(self, record: NodeRecord) -> Node | None:
-        return self.inventory.node(record.hostname) if record.in_inventory else None
-
-    def can_fire(self, record: NodeRecord, event: Event) -> bool:
-        return (event, record.state) in TRANSITIONS
+    # Called with every applied transition; a listener must not block (long work goes
+    # into a task) and a failing one never undoes the recorded transition.
+    listeners: list[Listener] = field(default_factory=list)
 
     def fire(
         self, hostname: str, event: Event, actor: str, detail: dict[str, Any] | None = None
@@ -77,6 +59,8 @@ class Provisioner:
         except IllegalTransition:
             REFUSED_TOTAL.labels(event.value).inc()
             raise
+        if event in REVOKES_CREDENTIALS:
+            self.store.revoke_tokens(hostname)
         TRANSITIONS_TOTAL.labels(event.value, record.to_state or "").inc()
         if before is not None:
             TRANSITION_SECONDS.labels(before.state.value).observe(
@@ -85,7 +69,7 @@ class Provisioner:
         for listener in self.listeners:
             try:
                 listener(record)
-            except Exception:  # a broken listener must not undo a recorded transition
+            except Exception:
                 log.exception("lifecycle listener failed for %s", hostname)
         log.info(
             "lifecycle %s: %s -> %s (%s by %s)",
@@ -101,13 +85,20 @@ class Provisioner:
         self, record: NodeRecord, event: Event, actor: str, detail: dict[str, Any] | None = None
     ) -> bool:
         """Fire `event` when the node's state accepts it; traffic-driven events use this."""
-        if not self.can_fire(record, event):
+        if (event, record.state) not in TRANSITIONS:
             return False
         try:
             self.fire(record.hostname, event, actor, detail)
-        except IllegalTransition:  # another server moved it first
+        except IllegalTransition:  # another server (or request) moved it first
             return False
         return True
 
-    def service_status(self) -> dict[str, str]:
-        return {name: probe() for name, probe in self.probes.items()}
+    def discover(self, mac: str, actor: str, detail: dict[str, Any] | None = None) -> NodeRecord:
+        """Record an unknown machine that asked to boot (idempotent per MAC)."""
+        known = self.store.node_by_mac(mac)
+        if known is not None:
+            return known
+        record = self.store.discover(mac, actor, detail)
+        DISCOVERED_TOTAL.labels(actor).inc()
+        log.info("discovered %s as %s (by %s)", mac, record.hostname, actor)
+        return record

@@ -7,10 +7,11 @@ import os
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from plasmaboot.cli_common import (
     DEFAULT_STATE_DIR,
@@ -42,6 +43,18 @@ app.command("firstboot")(firstboot_command)
 app.command("rollout")(operations_cli.rollout)
 for _command in operations_cli.NODE_COMMANDS:
     node_app.command(_command.__name__)(_command)
+
+
+@app.command(
+    "agent",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def agent(ctx: typer.Context) -> None:
+    """The installer agent: report installer-booted with this machine's hardware facts."""
+    from plasmaboot.agent.command import main as agent_main  # stdlib only, as in the image
+
+    raise typer.Exit(agent_main(ctx.args))
 
 
 def _store(state_dir: Path) -> Store:
@@ -129,9 +142,47 @@ def node_show(
         return
     table = Table(show_header=False)
     for key, value in node.as_json().items():
+        if key in ("hardware", "hardware_at"):
+            continue
         shown = json.dumps(value) if isinstance(value, dict | list | tuple) else str(value)
         table.add_row(key, shown)
     out.print(table)
+    if node.hardware is None:
+        out.print("hardware: not reported yet (the installer agent reports it at boot)")
+        return
+    reported = f" (reported {_when(node.hardware_at)} UTC)" if node.hardware_at else ""
+    out.print(f"hardware{reported}")
+    facts = Table(show_header=False)
+    for label, line in _hardware_lines(node.hardware):
+        facts.add_row(label, Text(line))  # Text: a model name is not rich markup
+    out.print(facts)
+
+
+def _gib(size: object) -> str:
+    return f"{size / 2**30:.1f} GiB" if isinstance(size, int) else "size unknown"
+
+
+def _hardware_lines(hw: dict[str, Any]) -> list[tuple[str, str]]:
+    """The stored facts (docs/agent.md) as readable rows: system, CPU, memory, disks, NICs."""
+    system, cpu = hw.get("system") or {}, hw.get("cpu") or {}
+    board = " ".join(str(system[k]) for k in ("vendor", "product") if system.get(k))
+    ids = ", ".join(f"{k} {system[k]}" for k in ("serial", "uuid") if system.get(k))
+    rows = [
+        ("system", ", ".join(p for p in (board or "unknown vendor and product", ids) if p)),
+        ("cpu", f"{cpu.get('count') or '?'} x {cpu.get('model') or 'unknown model'}"),
+        ("memory", _gib(hw.get("memory_bytes")) if hw.get("memory_bytes") else "unknown"),
+    ]
+    for disk in hw.get("disks") or []:
+        kind = {True: "rotational", False: "solid state"}.get(disk.get("rotational"), "")
+        parts = [disk.get("name"), _gib(disk.get("size_bytes")), disk.get("model"),
+                 f"serial {disk['serial']}" if disk.get("serial") else None, kind,
+                 "removable" if disk.get("removable") else None]  # fmt: skip
+        rows.append(("disk", "  ".join(str(p) for p in parts if p)))
+    for nic in hw.get("nics") or []:
+        speed = f"{nic['speed_mbps']} Mb/s" if nic.get("speed_mbps") else "speed unknown"
+        parts = [nic.get("name"), nic.get("mac") or "no MAC", f"link {nic.get('link')}", speed]
+        rows.append(("nic", "  ".join(str(p) for p in parts)))
+    return rows
 
 
 @node_app.command("events")

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_dhcp_support import (  # noqa: F401  (fixtures)
+from dhcp_support import (  # noqa: F401  (fixtures)
     KNOWN_IP,
     KNOWN_MAC,
     POOL,

@@ -18,7 +18,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
-from test_dhcp_support import (  # noqa: F401  (fixtures)
+from dhcp_support import (  # noqa: F401  (fixtures)
     SERVER_IP,
     Namespaces,
     ServerProcess,

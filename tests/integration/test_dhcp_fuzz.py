@@ -9,15 +9,15 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from test_dhcp_support import (
+from dhcp_support import (
     SERVER_IP,
     Namespaces,
     ServerProcess,
     inventory_yaml,
     require_root_and,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from plasmaboot.dhcp.options import MessageType, Opt
 from plasmaboot.dhcp.packet import DhcpPacket, decode, encode

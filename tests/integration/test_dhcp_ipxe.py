@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_dhcp_support import (  # noqa: F401  (fixtures)
+from dhcp_support import (  # noqa: F401  (fixtures)
     KNOWN_IP,
     KNOWN_MAC,
     SERVER_IP,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from plasmaboot.boot.policy import BootKind, ClientFacts, dhcp_boot
+from plasmaboot.boot.policy import NEXT_BOOT, BootKind, ClientFacts, NextBoot, dhcp_boot
 from plasmaboot.lifecycle import BOOTS_FROM_DISK, State
 
 BASE = "http://10.77.0.1:8080"
@@ -70,3 +70,12 @@ def test_installed_but_unconfirmed_still_netboots() -> None:
 def test_decommissioned_machine_gets_nothing() -> None:
     facts = ClientFacts(MAC, 0, is_ipxe=True)
     assert dhcp_boot(facts, State.DECOMMISSIONED, BASE).kind is BootKind.NONE
+
+
+def test_next_boot_table_covers_every_state_and_never_netboots_a_confirmed_install() -> None:
+    assert set(NEXT_BOOT) == set(State)
+    for state in BOOTS_FROM_DISK:
+        assert NEXT_BOOT[state] is NextBoot.LOCAL_DISK
+    assert NEXT_BOOT[State.INSTALLED] is NextBoot.LOCAL_DISK
+    assert NEXT_BOOT[State.ENROLLED] is NextBoot.INSTALL
+    assert NEXT_BOOT[State.DECOMMISSIONED] is NextBoot.STOP

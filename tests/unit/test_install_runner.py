@@ -39,10 +39,11 @@ async def wait_gone(pid: int, within_s: float = 5.0) -> bool:
 
 
 def test_default_command_renders_to_nixos_anywhere_argv() -> None:
-    argv = render_argv(
-        DEFAULT_INSTALL_COMMAND, {"node": "n1", "ip": "10.0.0.5", "flake": "/srv/cluster"}
-    )
-    assert argv == ["nixos-anywhere", "--flake", "/srv/cluster#n1", "root@10.0.0.5"]
+    variables = {"node": "n1", "ip": "10.0.0.5", "flake": "/srv/cluster", "extra_files": "/f"}
+    argv = render_argv(DEFAULT_INSTALL_COMMAND, variables)
+    assert argv == [
+        "nixos-anywhere", "--extra-files", "/f", "--flake", "/srv/cluster#n1", "root@10.0.0.5"
+    ]  # fmt: skip
 
 
 def test_values_stay_one_argument_and_never_reach_a_shell() -> None:
@@ -65,7 +66,7 @@ def test_split_command_follows_posix_quoting() -> None:
 
 @pytest.mark.parametrize("element", ["{host}", "{ip.real}", "{ip:>20}", "{ip!r}", "{0}"])
 def test_unknown_or_fancy_placeholders_are_rejected_with_the_fix(element: str) -> None:
-    with pytest.raises(ValueError, match=r"use \{node\}, \{ip\} or \{flake\}"):
+    with pytest.raises(ValueError, match=r"use \{node\}, \{ip\}, \{flake\} or \{extra_files\}"):
         render_argv(["installer", element], {"node": "n1", "ip": "10.0.0.5", "flake": "f"})
 
 

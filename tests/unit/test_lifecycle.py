@@ -10,6 +10,8 @@ from plasmaboot.inventory import load_inventory
 from plasmaboot.lifecycle import (
     BOOTS_FROM_DISK,
     FAILED_STATES,
+    FIRED_BY,
+    STABLE_STATES,
     TARGETS,
     TRANSITIONS,
     Event,
@@ -134,3 +136,13 @@ def test_the_happy_path_matches_the_provisioning_flow() -> None:
         Event.FIRST_BOOT,
         Event.JOINED,
     ]
+
+
+def test_every_unstable_state_targets_a_stable_state() -> None:
+    unstable = set(State) - STABLE_STATES
+    assert set(TARGETS) == unstable
+    assert set(TARGETS.values()) <= STABLE_STATES
+
+
+def test_every_event_says_who_fires_it() -> None:
+    assert {event for event, _ in TRANSITIONS} == set(FIRED_BY)

@@ -1,10 +1,13 @@
-"""The boot decision: client facts + node state -> what DHCP offers.
+"""The boot decision: client facts + node state -> what DHCP offers and what iPXE runs.
 
-Pure and in one place, so DHCP, TFTP and HTTP never disagree and the table is tested
-without sockets. Architecture numbers follow the IANA "Processor Architecture Types"
-registry (RFC 4578 section 2.1 and its updates). The network reference calls 6 and 9
-"HTTP boot"; they are x86 UEFI and EBC/x64 UEFI PXE. HTTP boot is 15 (x86), 16 (x64)
-and 19 (arm64), announced with vendor class "HTTPClient".
+Pure and in one place, so DHCP, TFTP, HTTP and the rendered files never disagree and the
+tables are tested without sockets. `NEXT_BOOT` says, per lifecycle state, what a node's
+next network boot does; `dhcp_boot` what its DHCP reply carries.
+
+Architecture numbers follow the IANA "Processor Architecture Types" registry (RFC 4578
+section 2.1 and its updates). The network reference calls 6 and 9 "HTTP boot"; they are
+x86 UEFI and EBC/x64 UEFI PXE. HTTP boot is 15 (x86), 16 (x64) and 19 (arm64), announced
+with vendor class "HTTPClient".
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from plasmaboot.boot.paths import ENTRY_SCRIPT_PATH, ipxe_binary_path
 from plasmaboot.lifecycle import BOOTS_FROM_DISK, State
 
-ENTRY_SCRIPT_PATH = "/boot/ipxe/boot.ipxe"
 HTTP_BOOT_ARCHES = frozenset({15, 16, 19})
 
 # arch (option 93) -> iPXE binary served over TFTP (or HTTP for HTTP-boot arches).
@@ -30,6 +33,25 @@ DEFAULT_BOOTFILES: dict[int, str] = {
     19: "ipxe-arm64.efi",  # ARM64 UEFI HTTP
 }
 FALLBACK_BOOTFILE = "ipxe.efi"
+
+
+class NextBoot(StrEnum):
+    INSTALL = "install"  # the installer image, with a one-time boot token
+    LOCAL_DISK = "local-disk"  # hand over to the installed OS on the local disk
+    MENU = "menu"  # a machine the inventory does not describe waits for an operator
+    STOP = "stop"  # decommissioned: never provisioned again
+
+
+S = State
+# What a node's next network boot does, per lifecycle state. `installed` already boots the
+# disk: the install is done and the installed OS must get the chance to confirm it.
+NEXT_BOOT: dict[State, NextBoot] = {
+    S.DISCOVERED: NextBoot.MENU,
+    **{s: NextBoot.INSTALL for s in (S.ENROLLED, S.PXE_BOOTING, S.BOOT_FAILED,
+                                     S.INSTALL_FAILED, S.INSTALLER_BOOTED, S.INSTALLING)},
+    **{s: NextBoot.LOCAL_DISK for s in (S.INSTALLED, *BOOTS_FROM_DISK)},
+    S.DECOMMISSIONED: NextBoot.STOP,
+}  # fmt: skip
 
 
 class BootKind(StrEnum):
@@ -103,7 +125,7 @@ def dhcp_boot(
     bootfile, why = bootfile_for(facts.arch, overrides)
     if is_http_boot(facts):
         return BootDecision(
-            BootKind.HTTP, f"{http_base}/boot/ipxe/{bootfile}", "HTTPClient", f"HTTP boot, {why}"
+            BootKind.HTTP, http_base + ipxe_binary_path(bootfile), "HTTPClient", f"HTTP boot, {why}"
         )
     # No option 60 here: EDK2 reads a full-DHCP offer that says "PXEClient" without PXE
     # option 43 as a BINL offer and goes to port 4011 instead of booting the file named.

@@ -1,8 +1,9 @@
 """Run an install command (default ``nixos-anywhere``) for a node, streaming its output.
 
-The command is an argv template whose elements may hold ``{node}``, ``{ip}`` and
-``{flake}``; values are substituted per element and never re-split or given to a shell, so
-a node name cannot inject arguments. Each run gets its own process group, so a timeout
+The command is an argv template whose elements may hold ``{node}``, ``{ip}``, ``{flake}``
+and ``{extra_files}`` (the node's files, see `provision/nodefiles.py`); values are
+substituted per element and never re-split or given to a shell, so a node name cannot
+inject arguments. Each run gets its own process group, so a timeout
 kills the installer together with the ssh/nix children it spawned. A semaphore bounds how
 many installs run at once; the caller moves the node to installed or install-failed from
 the returned ``InstallResult``.
@@ -26,11 +27,13 @@ log = logging.getLogger("plasmaboot.install")
 
 DEFAULT_INSTALL_COMMAND: tuple[str, ...] = (
     "nixos-anywhere",
+    "--extra-files",
+    "{extra_files}",
     "--flake",
     "{flake}#{node}",
     "root@{ip}",
 )
-PLACEHOLDERS = frozenset({"node", "ip", "flake"})
+PLACEHOLDERS = frozenset({"node", "ip", "flake", "extra_files"})
 MAX_LINE_BYTES = 64 * 1024
 READ_CHUNK_BYTES = 256 * 1024
 
@@ -67,7 +70,8 @@ def render_argv(template: Sequence[str], variables: Mapping[str, str]) -> list[s
             if name not in PLACEHOLDERS or spec or conversion:
                 raise ValueError(
                     f"install_command: {{{name}}} in {element!r} is not a placeholder; "
-                    f"use {{node}}, {{ip}} or {{flake}} (write {{{{ }}}} for literal braces)"
+                    f"use {{node}}, {{ip}}, {{flake}} or {{extra_files}} "
+                    "(write {{{{ }}}} for literal braces)"
                 )
             if name not in variables:
                 raise ValueError(f"install_command: no value for {{{name}}} in {element!r}")

@@ -62,9 +62,17 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+ClusterStore = Literal["chainfire", "etcd"]
+
+
 class Cluster(Strict):
+    """`store` picks the Raft store first boot bootstraps and joins: PlasmaCloud's Chainfire
+    (the default, so existing inventories keep their meaning), or etcd on the same ports,
+    standing in for it where no Chainfire is installable (the lab)."""
+
     name: Hostname
     domain: DomainName
+    store: ClusterStore = "chainfire"
 
 
 class AddressRange(Strict):
@@ -118,13 +126,18 @@ class Network(Strict):
 class Installer(Strict):
     """How a node is installed once its installer image has booted and called in.
 
-    `command` is an argv template ({node}, {ip}, {flake}), e.g.
-    "nixos-anywhere --flake {flake}#{node} root@{ip}". Without one the installer image
-    installs itself and reports its own stages (the lab image does).
+    `command` is an argv template ({node}, {ip}, {flake}, {extra_files}), e.g.
+    "nixos-anywhere --extra-files {extra_files} --flake {flake}#{node} root@{ip}".
+    {extra_files} is a directory mirroring the installed root: the node's secrets, and for
+    `target_os: debian` also its rendered first-boot units. Without a command the installer
+    image installs itself and reports its own stages (the lab's busybox miniature does).
     """
 
     command: str | None = None
     flake: str | None = None
+    # nixos: the flake carries units and config, the node's files only its secrets.
+    # debian: a plain systemd OS (the lab's stand-in for NixOS) also gets the units.
+    target_os: Literal["nixos", "debian"] = "nixos"
     max_concurrent: int = Field(default=4, ge=1, le=256)
     timeout_s: int = Field(default=3600, ge=10, le=24 * 3600)
 

@@ -3,6 +3,8 @@
 from plasmaboot.lifecycle.machine import (
     BOOTS_FROM_DISK,
     FAILED_STATES,
+    FIRED_BY,
+    STABLE_STATES,
     TARGETS,
     TRANSITIONS,
     Event,
@@ -15,6 +17,8 @@ from plasmaboot.lifecycle.machine import (
 __all__ = [
     "BOOTS_FROM_DISK",
     "FAILED_STATES",
+    "FIRED_BY",
+    "STABLE_STATES",
     "TARGETS",
     "TRANSITIONS",
     "Event",

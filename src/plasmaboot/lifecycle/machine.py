@@ -94,16 +94,41 @@ TRANSITIONS: dict[tuple[Event, State], State] = {
     (E.RECOMMISSION, S.DECOMMISSIONED): S.ENROLLED,
 }
 
-# Where each unstable state is heading; stable states have no target.
-TARGETS: dict[State, State] = {
-    S.PXE_BOOTING: S.INSTALLER_BOOTED,
-    S.INSTALLER_BOOTED: S.INSTALLED,
-    S.INSTALLING: S.INSTALLED,
-    S.INSTALLED: S.ACTIVE,
-    S.FIRST_BOOT: S.ACTIVE,
-    S.JOINING: S.ACTIVE,
-    S.DRAINING: S.MAINTENANCE,
+# Who fires each event (Ironic names the firing function per transition; here every
+# transition of an event has the same source, so the table is per event).
+FIRED_BY: dict[Event, str] = {
+    E.ENROLL: "operator (inventory import, admin API)",
+    E.PXE_BOOT: "DHCP/HTTP seeing the machine's firmware, or an operator",
+    E.BOOT_TIMEOUT: "the pxe-booting deadline (no reaper enforces deadlines yet)",
+    E.INSTALLER_BOOTED: "the installer agent (plasmaboot agent), with its boot token",
+    E.INSTALL_STARTED: "the install driver of serve, or an installer that installs itself",
+    E.INSTALLED: "the install driver of serve, or an installer that installs itself",
+    E.FIRST_BOOT: "the installed OS (plasmaboot firstboot), with its node credential",
+    E.JOIN_STARTED: "the installed OS (plasmaboot firstboot), with its node credential",
+    E.JOINED: "the installed OS (plasmaboot firstboot), with its node credential",
+    E.FAIL: "whoever runs the operation under way (agent, install driver, first boot)",
+    E.RETRY: "operator",
+    E.REPROVISION: "operator",
+    E.DRAIN: "operator",
+    E.DRAINED: "operator (after the drain command succeeded)",
+    E.MAINTAIN: "operator",
+    E.ACTIVATE: "operator",
+    E.DECOMMISSION: "operator",
+    E.RECOMMISSION: "operator",
 }
+
+# States a node rests in until someone acts; every other state waits for the machine.
+STABLE_STATES = frozenset(
+    {S.DISCOVERED, S.ENROLLED, S.BOOT_FAILED, S.INSTALL_FAILED, S.JOIN_FAILED, S.ACTIVE,
+     S.MAINTENANCE, S.DECOMMISSIONED}
+)  # fmt: skip
+
+# The stable state each unstable state is heading for (Ironic's target_provision_state).
+TARGETS: dict[State, State] = {
+    **{s: S.ACTIVE for s in (S.PXE_BOOTING, S.INSTALLER_BOOTED, S.INSTALLING, S.INSTALLED,
+                             S.FIRST_BOOT, S.JOINING)},
+    S.DRAINING: S.MAINTENANCE,
+}  # fmt: skip
 
 FAILED_STATES = frozenset({S.BOOT_FAILED, S.INSTALL_FAILED, S.JOIN_FAILED})
 

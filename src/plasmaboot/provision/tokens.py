@@ -7,6 +7,12 @@ cannot grow the database. The agent exchanges it exactly once (lookup): the exch
 records the token's hash, so a replay is refused, and returns a *session token*, stored
 only as a hash, that authenticates the agent's reports until it expires. Both are bound
 to one node: a token seen on one machine's console cannot move another machine.
+
+The installed OS reports its first boot and join long after a session token has expired,
+so it gets a *node credential* of its own: issued when the node's install files are
+assembled, delivered inside its 0600 cluster-config.json, stored only as a hash, valid
+until the node is reprovisioned or decommissioned (which revoke it) or a newer install
+replaces it. It authenticates reports exactly as a session token does.
 """
 
 from __future__ import annotations
@@ -25,12 +31,17 @@ from plasmaboot.store import Store, Token
 
 BOOT_TTL_S = 2 * 3600
 SESSION_TTL_S = 24 * 3600
+NODE_CREDENTIAL_TTL_S = 5 * 365 * 86400  # revoked by reprovision/decommission, not by age
 KEY_FILE = "agent-token.key"
 
 
 class TokenPurpose(StrEnum):
     BOOT = "boot"
     SESSION = "session"
+    NODE = "node"  # the installed OS's credential
+
+
+REPORTING_PURPOSES = frozenset({TokenPurpose.SESSION, TokenPurpose.NODE})
 
 
 class TokenRefused(Exception):
@@ -113,18 +124,24 @@ class AgentTokens:
             raise TokenRefused(401, "boot token already used (one-time)")
         return self.issue_session(owner)
 
-    def issue_session(self, hostname: str) -> str:
+    def _issue(self, hostname: str, purpose: TokenPurpose, ttl_s: float) -> str:
         token = secrets.token_urlsafe(32)
         now = time.time()
-        record = Token(token_hash(token), hostname, TokenPurpose.SESSION, now,
-                       now + self.session_ttl_s, None)  # fmt: skip
-        self.store.claim_token(record)
+        self.store.claim_token(Token(token_hash(token), hostname, purpose, now, now + ttl_s, None))
         return token
 
+    def issue_session(self, hostname: str) -> str:
+        return self._issue(hostname, TokenPurpose.SESSION, self.session_ttl_s)
+
+    def issue_node_credential(self, hostname: str) -> str:
+        """A new credential for the node's installed OS; earlier ones stop working."""
+        self.store.revoke_tokens(hostname, TokenPurpose.NODE)
+        return self._issue(hostname, TokenPurpose.NODE, NODE_CREDENTIAL_TTL_S)
+
     def verify_session(self, token: str) -> Token:
-        """The stored session token, or TokenRefused(401) when unknown or expired."""
+        """A live session token or node credential, or TokenRefused(401)."""
         record = self.store.get_token(token_hash(token))
-        if record is None or record.purpose != TokenPurpose.SESSION:
+        if record is None or record.purpose not in REPORTING_PURPOSES:
             raise TokenRefused(401, "unknown session token")
         if record.expires_at < time.time():
             raise TokenRefused(401, "session token expired; netboot the node again")

@@ -8,14 +8,9 @@ from __future__ import annotations
 
 import re
 
+from plasmaboot.boot.paths import IPXE_DIR, NODE_SCRIPT_DIR, image_path
 from plasmaboot.inventory.models import Inventory, Node, Profile
-from plasmaboot.render.common import (
-    HEADER,
-    NODE_SCRIPT_DIR,
-    Files,
-    RenderContext,
-    asset_path,
-)
+from plasmaboot.render.common import HEADER, Files, RenderContext
 from plasmaboot.render.common import (
     base_url as server_base_url,
 )
@@ -49,8 +44,8 @@ def _profile_block(inv: Inventory, name: str, profile: Profile, base_url: str) -
     return [
         f":profile-{_label(name)}",
         f"echo Netbooting profile {_text(name)} (role {profile.role})",
-        f"set kernel-url {base_url}{asset_path(image.kernel)}",
-        f"set initrd-url {base_url}{asset_path(image.initrd)}",
+        f"set kernel-url {base_url}{image_path(image.kernel)}",
+        f"set initrd-url {base_url}{image_path(image.initrd)}",
         f"set cmdline {_cmdline(inv, profile)}",
         "goto netboot",
     ]
@@ -175,7 +170,7 @@ def render_ipxe(inv: Inventory, ctx: RenderContext) -> Files:
     """boot.ipxe plus node/<mac>.ipxe per NIC, laid out like the server's /boot/ipxe/."""
     base = server_base_url(inv)
     files: Files = {"boot.ipxe": menu_script(inv, base), "local.ipxe": local_disk_script()}
-    node_dir = NODE_SCRIPT_DIR.removeprefix("/boot/ipxe/")
+    node_dir = NODE_SCRIPT_DIR.removeprefix(IPXE_DIR + "/")
     for node in inv.nodes:
         script = install_script(inv, node, base)
         for mac in node.macs:

@@ -23,9 +23,9 @@ from aiohttp import web
 
 from plasmaboot.dhcp.config import DhcpConfigError
 from plasmaboot.dhcp.server import DhcpServer
+from plasmaboot.install.driver import InstallDriver
 from plasmaboot.inventory import Inventory, InventoryError, load_inventory
 from plasmaboot.provision import Provisioner, ProvisionerSettings
-from plasmaboot.serve.installer import InstallDriver
 from plasmaboot.serve.loop_thread import LoopThread
 from plasmaboot.store import open_store
 from plasmaboot.tftp import DEBIAN_IPXE_LINK_ROOTS, DEBIAN_IPXE_ROOT

@@ -29,6 +29,9 @@ class NodeRecord:
     in_inventory: bool
     spec: dict[str, Any]
     updated_at: float
+    # What the installer agent reported (docs/agent.md), and when; None until it has.
+    hardware: dict[str, Any] | None = None
+    hardware_at: float | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The record as the CLI's --json and the admin API show it."""
@@ -116,6 +119,10 @@ class Store(Protocol):
         self, hostname: str | None = None, limit: int | None = None, after: int = 0
     ) -> list[EventRecord]: ...
     def state_counts(self) -> dict[str, int]: ...
+    def set_hardware(self, hostname: str, facts: dict[str, Any]) -> None:
+        """Keep the hardware facts the installer agent reported (replacing older ones);
+        UnknownNode when there is no such node. The node's state is not touched."""
+        ...
 
     # leases
     def leases(self) -> list[Lease]: ...
@@ -125,4 +132,7 @@ class Store(Protocol):
     # agent tokens (stored hashed; claim_token refuses a hash already present)
     def claim_token(self, token: Token) -> bool: ...
     def get_token(self, token_hash: str) -> Token | None: ...
-    def revoke_tokens(self, hostname: str) -> None: ...
+    def revoke_tokens(self, hostname: str, purpose: str | None = None) -> None:
+        """Revoke the node's session tokens and credentials (or those of one purpose).
+        Spent boot-token hashes stay until they expire, so a replay stays refused."""
+        ...

@@ -60,6 +60,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX leases_client ON leases(client_key);
     """,
+    # 3: the hardware facts the installer agent reported (JSON; NULL until it reports).
+    """
+    ALTER TABLE nodes ADD COLUMN hardware TEXT;
+    ALTER TABLE nodes ADD COLUMN hardware_at REAL;
+    """,
 )
 
 LATEST = len(MIGRATIONS)

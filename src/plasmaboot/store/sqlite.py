@@ -90,7 +90,15 @@ class SqliteStore:
             in_inventory=bool(row["in_inventory"]),
             spec=json.loads(row["spec"]),
             updated_at=row["updated_at"],
+            **SqliteStore._hardware(row),
         )
+
+    @staticmethod
+    def _hardware(row: sqlite3.Row) -> dict[str, Any]:
+        # `in row` would look at the values; schema < 3 has no column, NULL: not reported
+        if "hardware" not in row.keys() or row["hardware"] is None:  # noqa: SIM118
+            return {}
+        return {"hardware": json.loads(row["hardware"]), "hardware_at": row["hardware_at"]}
 
     def _node(self, conn: sqlite3.Connection, hostname: str) -> NodeRecord | None:
         row = conn.execute(f"{self._NODE_SQL} WHERE n.hostname = ?", (hostname,)).fetchone()
@@ -336,6 +344,16 @@ class SqliteStore:
         rows = self._conn.execute("SELECT state, COUNT(*) FROM nodes GROUP BY state")
         return {state: count for state, count in rows}
 
+    def set_hardware(self, hostname: str, facts: dict[str, Any]) -> None:
+        """Keep a node's hardware facts; `updated_at` is left alone (it times the state)."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE nodes SET hardware = ?, hardware_at = ? WHERE hostname = ?",
+                (_json(facts), time.time(), hostname),
+            )
+            if cur.rowcount != 1:
+                raise UnknownNode(hostname)
+
     # ---- leases ----------------------------------------------------------------
 
     def leases(self) -> list[Lease]:
@@ -396,6 +414,13 @@ class SqliteStore:
             r["used_at"],
         )
 
-    def revoke_tokens(self, hostname: str) -> None:
+    def revoke_tokens(self, hostname: str, purpose: str | None = None) -> None:
         with self._tx() as conn:
-            conn.execute("DELETE FROM tokens WHERE hostname = ?", (hostname,))
+            if purpose is None:
+                conn.execute(
+                    "DELETE FROM tokens WHERE hostname = ? AND purpose != 'boot'", (hostname,)
+                )
+            else:
+                conn.execute(
+                    "DELETE FROM tokens WHERE hostname = ? AND purpose = ?", (hostname, purpose)
+                )

@@ -19,6 +19,7 @@ from plasmaboot.lifecycle import Event, IllegalTransition, allowed_events
 from plasmaboot.provision.tokens import TokenRefused
 from plasmaboot.store import NodeRecord
 from plasmaboot.web.boot import PROVISIONER
+from plasmaboot.web.hardware import InvalidFacts, validated_facts
 
 Body = TypeVar("Body", bound=BaseModel)
 
@@ -77,7 +78,11 @@ class LookupRequest(StrictBody):
 
 class ReportRequest(StrictBody):
     stage: AgentStage
-    detail: dict[str, Any] = Field(default_factory=dict)
+    detail: dict[str, Any] = Field(
+        default_factory=dict,
+        description="node (must be the token's), reason (failed), hardware (installer-"
+        "booted: the facts of docs/agent.md, validated by web/hardware.py), anything else",
+    )
 
 
 class ActionRequest(StrictBody):
@@ -184,12 +189,20 @@ async def agent_report(request: web.Request) -> web.Response:
     claimed = body.detail.get("node")
     if claimed is not None and claimed != token.hostname:
         raise error(403, "this token belongs to another node")
+    detail = body.detail
+    if "hardware" in detail:  # the agent's facts: checked before anything is written
+        try:
+            detail = {**detail, "hardware": validated_facts(detail["hardware"])}
+        except InvalidFacts as exc:
+            raise error(400, "invalid request body", fields=exc.fields) from None
     if body.stage == "booted-from-disk":
-        event = provisioner.store.record(token.hostname, "booted-from-disk", "agent", body.detail)
+        event = provisioner.store.record(token.hostname, "booted-from-disk", "agent", detail)
         return json_response(asdict(event))
-    return json_response(
-        _transition(request, token.hostname, STAGE_EVENTS[body.stage], "agent", body.detail)
-    )
+    result = _transition(request, token.hostname, STAGE_EVENTS[body.stage], "agent", detail)
+    if body.stage == "installer-booted" and "hardware" in detail:
+        # on the node for `node show` and the admin API; the event keeps them as history
+        provisioner.store.set_hardware(token.hostname, detail["hardware"])
+    return json_response(result)
 
 
 # ---- admin API ---------------------------------------------------------------------

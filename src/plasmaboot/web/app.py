@@ -18,6 +18,7 @@ from aiohttp import web
 from prometheus_client import REGISTRY, Counter, Histogram
 from pydantic import BaseModel
 
+from plasmaboot.boot import paths
 from plasmaboot.provision import Provisioner
 from plasmaboot.provision.tokens import constant_time_equal
 from plasmaboot.web import api, boot, observe
@@ -78,7 +79,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/openapi.json", openapi, "public", "This document"),
     Route(
         "GET",
-        "/boot/ipxe/boot.ipxe",
+        paths.ENTRY_SCRIPT_PATH,
         boot.entry_script,
         "public",
         "iPXE entry script",
@@ -86,7 +87,7 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "GET",
-        "/boot/ipxe/node/{mac}.ipxe",
+        paths.NODE_SCRIPT_ROUTE,
         boot.node_script,
         "public",
         "The node's iPXE script, from its lifecycle state",
@@ -94,7 +95,7 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "GET",
-        "/boot/ipxe/{name}",
+        paths.IPXE_BINARY_ROUTE,
         boot.ipxe_binary,
         "public",
         "iPXE binaries for UEFI HTTP Boot",
@@ -102,7 +103,7 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "GET",
-        "/boot/SHA256SUMS",
+        paths.CHECKSUMS_PATH,
         boot.checksums,
         "public",
         "Checksums of every image's kernel and initrd",
@@ -110,7 +111,7 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "GET",
-        "/boot/{path:.+}",
+        paths.IMAGE_ROUTE,
         boot.asset,
         "public",
         "A kernel or initrd named by an image (e.g. /boot/nixos/worker/bzImage); Range",
@@ -195,7 +196,9 @@ def _guarded(route: Route) -> Handler:
         finally:
             HTTP_REQUESTS.labels(route.path, route.method, str(status)).inc()
             HTTP_SECONDS.labels(route.path).observe(time.perf_counter() - started)
-            if route.path.startswith("/boot/"):  # the boot path an operator follows in the log
+            if route.path.startswith(
+                paths.BOOT_ROOT + "/"
+            ):  # the boot path an operator follows in the log
                 log.info(
                     "http %s %s %s from %s", request.method, request.path, status, request.remote
                 )

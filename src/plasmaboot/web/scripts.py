@@ -1,36 +1,25 @@
-"""Which iPXE script a booting node gets, from its lifecycle state.
+"""The iPXE script a booting node gets: `boot.policy.NEXT_BOOT` decides from its state.
 
-The script text itself comes from `render.ipxe` (the same code that renders the static
-files), so the live server and the rendered files never disagree. This module only
-decides: install, boot the disk, menu, or stop.
+The script text comes from `render.ipxe` (the same code that renders the static files), so
+the live server and the rendered files never disagree. This module adds what only the
+live server knows: a one-time boot token on the installer's command line, and the
+`pxe-boot` event when an install starts.
 """
 
 from __future__ import annotations
 
+from plasmaboot.boot.paths import node_script_path
+from plasmaboot.boot.policy import NEXT_BOOT, NextBoot
 from plasmaboot.inventory import Node
-from plasmaboot.lifecycle import BOOTS_FROM_DISK, Event, State
+from plasmaboot.lifecycle import Event
 from plasmaboot.provision import Provisioner
 from plasmaboot.render import ipxe
 from plasmaboot.store import NodeRecord
 
-NODE_SCRIPT_PATH = "/boot/ipxe/node/{mac}.ipxe"
-
-INSTALL_STATES = frozenset(
-    {
-        State.ENROLLED,
-        State.PXE_BOOTING,
-        State.BOOT_FAILED,
-        State.INSTALL_FAILED,
-        State.INSTALLER_BOOTED,
-        State.INSTALLING,
-    }
-)
-DISK_STATES = BOOTS_FROM_DISK | {State.INSTALLED}
-
 
 def entry_script(http_base: str) -> str:
     """boot.ipxe: get an address (retrying), then chain to this machine's own script."""
-    node_url = http_base + NODE_SCRIPT_PATH.format(mac="${net0/mac}")
+    node_url = http_base + node_script_path("${net0/mac}")
     return f"""#!ipxe
 # plasmaboot entry script: every machine chains to its own script by MAC.
 set attempt:int32 0
@@ -66,18 +55,16 @@ def node_script(provisioner: Provisioner, record: NodeRecord, spec: Node | None)
     """The script for a known node; fires `pxe-boot` when an install starts."""
     inv = provisioner.inventory
     base = provisioner.settings.http_base
-    state = record.state
-    if state is State.DECOMMISSIONED:
+    next_boot = NEXT_BOOT[record.state]
+    if next_boot is NextBoot.STOP:
         return stop_script(f"{record.hostname} is decommissioned; it will not be provisioned")
-    if spec is None:
+    if spec is None or next_boot is NextBoot.MENU:
         return ipxe.menu_script(inv, base)
-    if state in DISK_STATES:
+    if next_boot is NextBoot.LOCAL_DISK:
         if provisioner.settings.simulate_disk_boot:
             args = _kernel_args(provisioner, spec, "firstboot")
             return ipxe.install_script(inv, spec, base, kernel_args=args)
         return ipxe.local_disk_script()
-    if state in INSTALL_STATES:
-        provisioner.fire_if_allowed(record, Event.PXE_BOOT, "http", {"script": "install"})
-        args = _kernel_args(provisioner, spec, "install")
-        return ipxe.install_script(inv, spec, base, kernel_args=args)
-    return ipxe.menu_script(inv, base)
+    provisioner.fire_if_allowed(record, Event.PXE_BOOT, "http", {"script": "install"})
+    args = _kernel_args(provisioner, spec, "install")
+    return ipxe.install_script(inv, spec, base, kernel_args=args)

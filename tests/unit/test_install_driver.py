@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import yaml
 
+from plasmaboot.install.driver import InstallDriver
 from plasmaboot.inventory import InventoryError, parse_inventory
 from plasmaboot.lifecycle import Event, State
 from plasmaboot.provision import Provisioner, ProvisionerSettings
-from plasmaboot.serve.installer import InstallDriver
 from plasmaboot.store import SqliteStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,3 +93,33 @@ def test_unknown_placeholder_is_refused() -> None:
     text = str(info.value)
     assert "server.installer.command" in text and "host" in text
     assert "server.installer.flake" in text
+
+
+async def test_install_gets_the_node_files_and_they_are_removed_after(tmp_path: Path) -> None:
+    script = (
+        "sh -c 'cd {extra_files} && find . -type f | sort && "
+        "stat -c %a etc/nixos/secrets/cluster-config.json etc/nixos/secrets/node01.key'"
+    )
+    p = provisioner(tmp_path, {"command": script})
+    await installer_booted(p)
+    assert state(p) is State.INSTALLED
+    lines = [line for e in p.store.events("node01") if e.event == "install-output"
+             for line in e.detail["lines"]]  # fmt: skip
+    assert lines == [
+        "./etc/nixos/secrets/ca.crt",
+        "./etc/nixos/secrets/cluster-config.json",
+        "./etc/nixos/secrets/node01.crt",
+        "./etc/nixos/secrets/node01.key",
+        "600",
+        "600",
+    ]
+    assert list((tmp_path / "install").iterdir()) == []  # no secret left on the server
+    assert "agent_token" not in str(p.store.events("node01"))  # nor in the history
+
+
+async def test_failed_install_removes_the_node_files_too(tmp_path: Path) -> None:
+    p = provisioner(tmp_path, {"command": "sh -c 'test -d {extra_files} && exit 4'"})
+    await installer_booted(p)
+    assert state(p) is State.INSTALL_FAILED
+    assert p.store.events("node01")[-1].detail["returncode"] == 4
+    assert list((tmp_path / "install").iterdir()) == []

@@ -1,10 +1,12 @@
 """The installer driver: a node whose installer image called in gets installed.
 
-It listens to lifecycle transitions; on `installer-booted` it runs the inventory's install
-command (nixos-anywhere by default) for that node, streams the output into the node's
-events in batches, and moves the node to `installed`, or to `install-failed` with the
-tail of the output. With no install command configured it does nothing: the installer
-image then installs itself and reports its own stages.
+It listens to lifecycle transitions; on `installer-booted` it assembles the node's files
+(secrets, certificates, a fresh node credential: `provision/nodefiles.py`), runs the
+inventory's install command (nixos-anywhere by default) for that node with them, streams
+the output into the node's events in batches, and moves the node to `installed`, or to
+`install-failed` with the tail of the output. The files are removed from the server when
+the command ends. With no install command configured it does nothing: the installer image
+then installs itself and reports its own stages (the lab's busybox miniature).
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import time
 
 from plasmaboot.install import InstallRunner, split_command
 from plasmaboot.lifecycle import Event, IllegalTransition, State
+from plasmaboot.pki.authority import PKIError
 from plasmaboot.provision import Provisioner
+from plasmaboot.provision.nodefiles import assemble_node_files
 from plasmaboot.store import EventRecord
 
 log = logging.getLogger("plasmaboot.install")
@@ -80,11 +84,26 @@ class InstallDriver:
             log.info("install of %s not started: %s", hostname, exc)
             return
         output = InstallOutput(self.provisioner, hostname)
+        try:
+            files = assemble_node_files(
+                inv, node,
+                state_dir=self.provisioner.settings.state_dir,
+                plasmaboot_url=self.provisioner.settings.http_base,
+                credential=self.provisioner.tokens.issue_node_credential(hostname),
+            )  # fmt: skip
+        except (OSError, PKIError) as exc:
+            self.provisioner.fire(
+                hostname, Event.FAIL, "installer", {"tail": [f"node files: {exc}"]}
+            )
+            return
         variables = {"node": hostname, "ip": str(node.provisioning_ip),
-                     "flake": installer.flake or ""}  # fmt: skip
-        result = await self.runner.run(
-            hostname, split_command(installer.command), variables, output
-        )
+                     "flake": installer.flake or "", "extra_files": str(files.root)}  # fmt: skip
+        try:
+            result = await self.runner.run(
+                hostname, split_command(installer.command), variables, output
+            )
+        finally:
+            files.remove()
         output.flush()
         detail: dict[str, object] = {
             "returncode": result.returncode,

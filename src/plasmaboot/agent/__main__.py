@@ -1,0 +1,7 @@
+"""``python3 -m plasmaboot.agent``: the installer agent (see docs/agent.md)."""
+
+import sys
+
+from plasmaboot.agent.command import main
+
+sys.exit(main())

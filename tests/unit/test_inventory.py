@@ -74,6 +74,29 @@ def test_lab_inventory_matches_the_lab_plan() -> None:
     ]
 
 
+def test_cluster_store_defaults_to_chainfire_and_the_lab_runs_etcd() -> None:
+    assert load_inventory(EXAMPLES[0]).cluster.store == "chainfire"
+    assert load_inventory(EXAMPLES[1]).cluster.store == "etcd"
+
+
+def test_etcd_store_refuses_a_profile_with_flaredb() -> None:
+    def mutate(d: Doc) -> None:
+        d["cluster"]["store"] = "etcd"
+
+    found = problems_after(mutate)
+    # control-plane and all-in-one list flaredb (second in both); workers do not.
+    assert [line.split(" = ")[0] for line in found] == [
+        "cluster.yaml: profiles.all-in-one.services[1]",
+        "cluster.yaml: profiles.control-plane.services[1]",
+    ]
+    assert "stands in for Chainfire only" in found[0]
+    assert "remove flaredb from this profile, or set cluster.store: chainfire" in found[0]
+
+
+def test_unknown_cluster_store_names_the_choices() -> None:
+    one_problem(lambda d: d["cluster"].update(store="zookeeper"), "cluster.store", "etcd")
+
+
 def test_duplicate_mac_names_both_nodes() -> None:
     def mutate(d: Doc) -> None:
         d["nodes"][1]["macs"] = ["52:54:00:12:34:56"]

@@ -56,15 +56,22 @@ def test_files_carry_config_credential_and_certificates(tmp_path: Path) -> None:
     assert not files.root.exists()
 
 
-def test_debian_target_gets_the_rendered_units_enabled(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("name", "joiner"), [("node01", False), ("node04", True)])
+def test_debian_target_gets_the_rendered_units_enabled(
+    tmp_path: Path, name: str, joiner: bool
+) -> None:
     inv = lab("debian")
-    node = inv.node("node01")
+    assert inv.cluster.store == "etcd"
+    node = inv.node(name)
     assert node is not None
     files = assemble_node_files(inv, node, state_dir=tmp_path, plasmaboot_url=URL,
                                 credential="c")  # fmt: skip
     units = files.root / "etc/systemd/system"
     wants = sorted(p.name for p in (units / "multi-user.target.wants").iterdir())
     assert "cluster-health-check.service" in wants
+    assert ("etcd-join.path" in wants) is joiner
+    assert f"ETCD_NAME={name}" in (files.root / "etc/default/etcd").read_text()
+    assert (units / "etcd.service.d/plasmaboot.conf").exists()
     for name in wants:
         link = units / "multi-user.target.wants" / name
         assert link.is_symlink() and str(link.readlink()) == f"/etc/systemd/system/{name}"

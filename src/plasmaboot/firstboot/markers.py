@@ -18,6 +18,12 @@ def write_text_atomic(path: Path, text: str) -> None:
     write_atomic(path, text.encode(), 0o644)
 
 
+def env_file_path(state_dir: Path, service: str) -> Path:
+    """The EnvironmentFile an etcd joiner writes after member add; the rendered units start
+    the local etcd from it (a .path unit), so both sides take the name from here."""
+    return state_dir / f"{service}.env"
+
+
 def marker_path(state_dir: Path, service: str, bootstrap: bool) -> Path:
     return state_dir / f".{service}-{'initialized' if bootstrap else 'joined'}"
 

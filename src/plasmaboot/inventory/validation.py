@@ -256,6 +256,23 @@ def _profiles_and_images(inv: Inventory) -> Iterator[Problem]:
             )
 
 
+def _store_services(inv: Inventory) -> Iterator[Problem]:
+    """etcd stands in for Chainfire only: a profile that also lists FlareDB would get no
+    FlareDB at all, so say so instead of silently dropping a service the operator asked for."""
+    if inv.cluster.store != "etcd":
+        return
+    for name, profile in sorted(inv.profiles.items()):
+        for j, service in enumerate(profile.services):
+            if service == "flaredb":
+                yield Problem(
+                    f"profiles.{name}.services[{j}]",
+                    service,
+                    "cluster.store is etcd, which stands in for Chainfire only: there is no "
+                    "FlareDB to bootstrap or join",
+                    "remove flaredb from this profile, or set cluster.store: chainfire",
+                )
+
+
 def _bootstrap_quorum(inv: Inventory) -> Iterator[Problem]:
     if not inv.nodes:
         return
@@ -362,6 +379,7 @@ RULES: tuple[Callable[[Inventory], Iterator[Problem]], ...] = (
     _addresses_in_their_subnets,
     _fixed_addresses_outside_pool,
     _profiles_and_images,
+    _store_services,
     _bootstrap_quorum,
     _bmc_credentials,
     _boot_overrides,

@@ -30,10 +30,9 @@ from plasmaboot.pki.authority import (
 )
 from plasmaboot.render.cluster_config import cluster_config
 from plasmaboot.render.common import CLUSTER_CONFIG_PATH, cluster_ip, json_text
-from plasmaboot.render.systemd import unit_file, units_for
+from plasmaboot.render.systemd import SYSTEMD_DIR, debian_node_files
 
 REISSUE_DAYS = 30  # a certificate closer to expiry than this is reissued at install
-SYSTEMD_DIR = "etc/systemd/system"
 
 
 def pki_dir(state_dir: Path) -> Path:
@@ -77,13 +76,15 @@ def _put(root: Path, absolute: str, data: str | bytes, mode: int) -> None:
     path.chmod(mode)
 
 
-def _systemd_units(root: Path, inv: Inventory, node: Node) -> None:
-    """The rendered first-boot units, enabled the way `systemctl enable` would."""
-    wants = root / SYSTEMD_DIR / "multi-user.target.wants"
+def _debian_units(root: Path, inv: Inventory, node: Node) -> None:
+    """The rendered first-boot units and store config, enabled as `systemctl enable` would."""
+    rendered = debian_node_files(inv, node)
+    for path, content in rendered.files.items():
+        _put(root, path, content, 0o644)
+    wants = root / SYSTEMD_DIR.lstrip("/") / "multi-user.target.wants"
     wants.mkdir(parents=True, exist_ok=True)
-    for unit in units_for(inv.profiles[node.profile]):
-        _put(root, f"{SYSTEMD_DIR}/{unit.unit}", unit_file(unit), 0o644)
-        (wants / unit.unit).symlink_to(f"/{SYSTEMD_DIR}/{unit.unit}")
+    for unit in rendered.enable:
+        (wants / unit).symlink_to(f"{SYSTEMD_DIR}/{unit}")
 
 
 def assemble_node_files(
@@ -107,5 +108,5 @@ def assemble_node_files(
     _put(files.root, tls["node_key_path"], certs.key.read_bytes(), 0o600)
     (files.root / CLUSTER_CONFIG_PATH.lstrip("/")).parent.chmod(0o700)
     if inv.server.installer.target_os == "debian":
-        _systemd_units(files.root, inv, node)
+        _debian_units(files.root, inv, node)
     return files

@@ -4,6 +4,10 @@ Peers are written as IPv4:port (the node's raft address), not `nodeXX:2380`: the
 listener advertises its IP, and a first boot must not depend on DNS that the cluster itself
 is about to provide. `leader_url` stays the first bootstrap node's FQDN (certificates carry
 DNS and IP SANs, so either verifies); `member_urls` add IP-based fallbacks for joiners.
+
+`cluster_backend` follows the inventory's `cluster.store`. etcd stands in for Chainfire on
+the same ports and URLs; it has no FlareDB (the inventory refuses flaredb with it), so its
+documents say `flaredb_enabled: false`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from plasmaboot.render.common import (
     Files,
     RenderContext,
     RenderError,
+    base_url,
     bootstrap_nodes,
     cluster_ip,
     json_text,
@@ -28,8 +33,22 @@ FLAREDB_CLIENT, FLAREDB_RAFT = 2479, 2480
 IAM_PORT = 8080
 
 
-def cluster_config(inv: Inventory, node: Node) -> dict[str, Any]:
-    """The document for one node, in the seeds' field order."""
+def tls_paths(node: Node) -> dict[str, str]:
+    """Where a node's CA, certificate and key live (what `plasmaboot pki issue` writes)."""
+    return {
+        "ca_cert_path": f"{SECRETS_DIR}/ca.crt",
+        "node_cert_path": f"{SECRETS_DIR}/{node.hostname}.crt",
+        "node_key_path": f"{SECRETS_DIR}/{node.hostname}.key",
+    }
+
+
+def cluster_config(inv: Inventory, node: Node, agent_token: str | None = None) -> dict[str, Any]:
+    """The document for one node, in the seeds' field order.
+
+    With `agent_token` (the server, assembling a node's files at install time) it also names
+    `plasmaboot_url`, where the agent reports its stages. The schema wants the two together
+    and no token exists when files are rendered ahead of time, so those have neither.
+    """
     seeds = bootstrap_nodes(inv)
     if not seeds:
         raise RenderError("no node has bootstrap: true; mark 3 control-plane nodes bootstrap")
@@ -41,6 +60,7 @@ def cluster_config(inv: Inventory, node: Node) -> dict[str, Any]:
         "node_role": inv.role_of(node),
         "bootstrap": node.bootstrap,
         "cluster_name": inv.cluster.name,
+        "cluster_backend": inv.cluster.store,
         "leader_url": f"https://{leader}:{CHAINFIRE_CLIENT}",
         "raft_addr": f"{ip}:{CHAINFIRE_RAFT}",
     }
@@ -48,7 +68,7 @@ def cluster_config(inv: Inventory, node: Node) -> dict[str, Any]:
         doc["initial_peers"] = [f"{cluster_ip(inv, n)}:{CHAINFIRE_RAFT}" for n in seeds]
     else:
         doc["member_urls"] = [f"https://{cluster_ip(inv, n)}:{CHAINFIRE_CLIENT}" for n in seeds]
-    flaredb = "flaredb" in services
+    flaredb = "flaredb" in services  # never with etcd: the inventory refuses that
     doc["flaredb_enabled"] = flaredb
     if flaredb:
         if node.bootstrap:
@@ -59,12 +79,10 @@ def cluster_config(inv: Inventory, node: Node) -> dict[str, Any]:
             ]
     if "iam" in services:
         doc["iam_health_url"] = f"http://{ip}:{IAM_PORT}/health"
-    doc["tls"] = {
-        "enabled": True,
-        "ca_cert_path": f"{SECRETS_DIR}/ca.crt",
-        "node_cert_path": f"{SECRETS_DIR}/{node.hostname}.crt",
-        "node_key_path": f"{SECRETS_DIR}/{node.hostname}.key",
-    }
+    doc["tls"] = {"enabled": True, **tls_paths(node)}
+    if agent_token is not None:
+        doc["plasmaboot_url"] = base_url(inv)
+        doc["agent_token"] = agent_token
     return doc
 
 

@@ -4,6 +4,11 @@ disko.nix, the per-profile firewall and first-boot modules, and the netboot inst
 Layout follows the runbook (`nodes/<fqdn>/`, `nixos-rebuild --flake .#<hostname>`).
 Secrets (cluster-config.json, keys) are not here: nixos-anywhere copies them to
 /etc/nixos/secrets with --extra-files, so they never enter the Nix store.
+
+The plasmaboot package is built from the copy under plasmaboot/ (see `nix_package`) and
+handed to every module as the `plasmaboot` argument: the nodes' first-boot units and the
+netboot image's installer agent run it. With store etcd each node that runs the store
+imports its `etcd.nix` (`services.etcd`, the settings of the Debian flavour).
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ from plasmaboot.render.common import (
     nix_list,
     nix_string,
 )
+from plasmaboot.render.etcd import nixos_etcd, runs_etcd
 from plasmaboot.render.firewall import nixos_firewall
 from plasmaboot.render.ipxe import SERIAL_CONSOLE
+from plasmaboot.render.nix_package import EXPRESSION, package_files
 from plasmaboot.render.systemd import nixos_module
 
 STATE_VERSION = "24.11"
@@ -40,11 +47,21 @@ def _flake(inv: Inventory) -> str:
   }};
   outputs = {{ nixpkgs, disko, ... }}:
     let
-      system = configuration: nixpkgs.lib.nixosSystem {{
+      pkgs = nixpkgs.legacyPackages.x86_64-linux;
+      plasmaboot = pkgs.callPackage ./{EXPRESSION} {{ }};
+      nixos = modules: nixpkgs.lib.nixosSystem {{
         system = "x86_64-linux";
-        modules = [ disko.nixosModules.disko configuration ];
+        specialArgs = {{ inherit plasmaboot; }};
+        inherit modules;
       }};
+      system = configuration: nixos [ disko.nixosModules.disko configuration ];
+      netboot = (nixos [ ./netboot-base.nix ]).config.system.build;
     in {{
+      packages.x86_64-linux = {{
+        inherit plasmaboot;
+        netboot-kernel = netboot.kernel;
+        netboot-initrd = netboot.netbootRamdisk;
+      }};
       nixosConfigurations = {{
 {systems}
       }};
@@ -91,16 +108,18 @@ def _networking(inv: Inventory, node: Node) -> list[str]:
 
 def _configuration(inv: Inventory, node: Node) -> str:
     keys = nix_list(list(inv.server.ssh_authorized_keys))
+    etcd = ["    ./etcd.nix"] if runs_etcd(inv, node) else []
     return (
         "\n".join(
             [
                 f"# {HEADER}",
                 f"# {inv.fqdn(node)}: profile {node.profile} (role {inv.role_of(node)})",
-                "{ modulesPath, ... }:",
+                "{ modulesPath, plasmaboot, ... }:",
                 "{",
                 "  imports = [",
                 '    (modulesPath + "/installer/scan/not-detected.nix")',
                 "    ./disko.nix",
+                *etcd,
                 f"    ../../profiles/{node.profile}/firewall.nix",
                 f"    ../../profiles/{node.profile}/first-boot.nix",
                 "  ];",
@@ -121,8 +140,10 @@ def _configuration(inv: Inventory, node: Node) -> str:
                 "  };",
                 f"  users.users.root.openssh.authorizedKeys.keys = {keys};",
                 "",
-                "  # Also set services.plasmaboot-firstboot.package (the plasmaboot package).",
-                "  services.plasmaboot-firstboot.enable = true;",
+                "  services.plasmaboot-firstboot = {",
+                "    enable = true;",
+                "    package = plasmaboot;",
+                "  };",
                 "",
                 f'  system.stateVersion = "{STATE_VERSION}";',
                 "}",
@@ -161,11 +182,13 @@ def _disko(node: Node) -> str:
 
 
 def _netboot_base(inv: Inventory) -> str:
-    """The installer every profile's netboot image starts from: SSH in with the server's keys."""
+    """The installer every profile's netboot image starts from: the installer agent reports
+    the machine (kernel arguments plasmaboot.url= and plasmaboot.token=, set by the server's
+    iPXE script), and the server's keys let the install command in over SSH."""
     keys = nix_list(list(inv.server.ssh_authorized_keys))
     return f"""\
 # {HEADER}
-{{ modulesPath, ... }}:
+{{ modulesPath, plasmaboot, ... }}:
 {{
   imports = [ (modulesPath + "/installer/netboot/netboot-minimal.nix") ];
   boot.kernelParams = {nix_list([SERIAL_CONSOLE, "console=tty0"])};
@@ -176,6 +199,20 @@ def _netboot_base(inv: Inventory) -> str:
   }};
   users.users.root.openssh.authorizedKeys.keys = {keys};
   networking.firewall.allowedTCPPorts = [ 22 ];
+  environment.systemPackages = [ plasmaboot ];
+  systemd.services.plasmaboot-agent = {{
+    description = "plasmaboot installer agent: report this machine to the server";
+    wantedBy = [ "multi-user.target" ];
+    wants = [ "network-online.target" ];
+    after = [ "network-online.target" ];
+    # One run: the agent retries while the server does not answer, and its boot token is
+    # spent by the first lookup, so a restart could only be refused.
+    serviceConfig = {{
+      Type = "oneshot";
+      RemainAfterExit = true;
+      ExecStart = "${{plasmaboot}}/bin/plasmaboot agent";
+    }};
+  }};
   system.stateVersion = "{STATE_VERSION}";
 }}
 """
@@ -185,8 +222,10 @@ def render_nixos(inv: Inventory, ctx: RenderContext) -> Files:
     files: Files = {"flake.nix": _flake(inv), "netboot-base.nix": _netboot_base(inv)}
     for name, profile in sorted(inv.profiles.items()):
         files[f"profiles/{name}/firewall.nix"] = nixos_firewall(inv, name, profile)
-        files[f"profiles/{name}/first-boot.nix"] = nixos_module(name, profile)
+        files[f"profiles/{name}/first-boot.nix"] = nixos_module(name, profile, inv.cluster.store)
     for node in inv.nodes:
         files[f"nodes/{inv.fqdn(node)}/configuration.nix"] = _configuration(inv, node)
         files[f"nodes/{inv.fqdn(node)}/disko.nix"] = _disko(node)
-    return files
+        if runs_etcd(inv, node):
+            files[f"nodes/{inv.fqdn(node)}/etcd.nix"] = nixos_etcd(inv, node)
+    return files | package_files()

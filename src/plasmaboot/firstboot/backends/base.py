@@ -15,7 +15,7 @@ import httpx
 import structlog
 
 from plasmaboot.firstboot.config import ServicePlan, TLSFiles
-from plasmaboot.firstboot.markers import DEFAULT_STATE_DIR
+from plasmaboot.firstboot.markers import DEFAULT_STATE_DIR, env_file_path
 from plasmaboot.firstboot.retry import Backoff
 
 T = TypeVar("T")
@@ -171,7 +171,7 @@ def make_backend(
     if plan.backend == "etcd":
         from plasmaboot.firstboot.backends.etcd import EtcdBackend
 
-        return EtcdBackend(client, policy, env_file=state_dir / f"{plan.service}.env")
+        return EtcdBackend(client, policy, env_file=env_file_path(state_dir, plan.service))
     from plasmaboot.firstboot.backends.chainfire import ChainfireBackend
 
     return ChainfireBackend(client, policy)

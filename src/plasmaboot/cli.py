@@ -23,11 +23,11 @@ from plasmaboot.cli_common import (
     out,
 )
 from plasmaboot.cluster.cli import app as cluster_app
-from plasmaboot.firstboot.command import firstboot_command
+from plasmaboot.firstboot.cli import firstboot_command
 from plasmaboot.lab.cli import app as lab_app
 from plasmaboot.operations import cli as operations_cli
 from plasmaboot.pki.cli import app as pki_app
-from plasmaboot.render.command import render_command
+from plasmaboot.render.cli import render_command
 from plasmaboot.store import NodeRecord, Store, open_store
 
 app = typer.Typer(no_args_is_help=True, help="Bare-metal provisioning for PlasmaCloud clusters.")
@@ -52,7 +52,7 @@ for _command in operations_cli.NODE_COMMANDS:
 )
 def agent(ctx: typer.Context) -> None:
     """The installer agent: report installer-booted with this machine's hardware facts."""
-    from plasmaboot.agent.command import main as agent_main  # stdlib only, as in the image
+    from plasmaboot.agent.cli import main as agent_main  # stdlib only, as in the image
 
     raise typer.Exit(agent_main(ctx.args))
 

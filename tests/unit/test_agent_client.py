@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from test_agent_facts import build_machine
 
+from plasmaboot.agent.cli import InstallerBoot, write_session
 from plasmaboot.agent.client import AgentClient, AgentError, NoAnswer, Refused
 from plasmaboot.agent.cmdline import parse_cmdline
-from plasmaboot.agent.command import InstallerBoot, write_session
 
 Answer = tuple[int, str]
 

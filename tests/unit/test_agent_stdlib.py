@@ -59,7 +59,7 @@ def test_every_agent_module_imports_from_the_image_copy_with_the_stdlib_only(
         "plasmaboot.agent.cmdline",
         "plasmaboot.agent.facts",
         "plasmaboot.agent.client",
-        "plasmaboot.agent.command",
+        "plasmaboot.agent.cli",
     } <= set(AGENT_MODULES)
     result = subprocess.run(
         [str(BASE_PYTHON), "-I", "-S", "-c", PROBE, str(image_copy(tmp_path)), *AGENT_MODULES],

@@ -10,7 +10,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from plasmaboot.render.command import render_command
+from plasmaboot.render.cli import render_command
 from plasmaboot.render.output import is_secret, write_files
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -331,3 +331,14 @@ def test_openapi_lists_every_route_with_its_security() -> None:
     for route in ROUTES:
         operation = doc["paths"][openapi_path(route.path)][route.method.lower()]
         assert ("security" in operation) == (route.auth != "public")
+
+
+def test_api_event_names_are_the_lifecycle_events() -> None:
+    """The request literals are the one spelling of stages and operator events: each maps
+    to a lifecycle event, and only booted-from-disk is a report without a transition."""
+    from typing import get_args
+
+    from plasmaboot.web.api import STAGE_EVENTS, AgentStage, OperatorEvent
+
+    assert {Event(name) for name in get_args(OperatorEvent)} <= set(Event)
+    assert set(get_args(AgentStage)) == set(STAGE_EVENTS) | {"booted-from-disk"}

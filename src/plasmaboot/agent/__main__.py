@@ -2,6 +2,6 @@
 
 import sys
 
-from plasmaboot.agent.command import main
+from plasmaboot.agent.cli import main
 
 sys.exit(main())

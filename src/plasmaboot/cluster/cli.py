@@ -14,8 +14,8 @@ from rich.table import Table
 
 from plasmaboot.cluster.membership import remove_member
 from plasmaboot.cluster.verify import ClusterReport, verify_cluster
-from plasmaboot.firstboot.backends import MembershipError
-from plasmaboot.firstboot.backends.base import http_client, make_backend
+from plasmaboot.firstboot.backends import MembershipError, make_backend
+from plasmaboot.firstboot.backends.base import http_client
 from plasmaboot.firstboot.config import ConfigError, FirstBootConfig, load_config
 
 app = typer.Typer(help="Check and change cluster membership.")

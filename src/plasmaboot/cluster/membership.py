@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from plasmaboot.firstboot.backends import ClusterUnreachable, MembershipError
-from plasmaboot.firstboot.backends.base import make_backend
+from plasmaboot.firstboot.backends import ClusterUnreachable, MembershipError, make_backend
 from plasmaboot.firstboot.config import FirstBootConfig
 from plasmaboot.firstboot.retry import Backoff
 

@@ -61,8 +61,7 @@ class DhcpServer:
         self.bind = bind
         self.port = port
         self.pxe_port = pxe_port
-        dhcp = inv.provisioning.dhcp
-        self.interface = interface or (dhcp.interface if dhcp else None)
+        self.interface = inv.dhcp_interface(interface)
         self._proxy_arg = proxy
         self._http_base = http_base
         self._chain = chain_when_on_disk

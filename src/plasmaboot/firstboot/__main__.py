@@ -1,5 +1,5 @@
 """``python -m plasmaboot.firstboot --config cluster-config.json``."""
 
-from plasmaboot.firstboot.command import main
+from plasmaboot.firstboot.cli import main
 
 main()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import enum
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -29,6 +28,7 @@ from plasmaboot.firstboot.config import FirstBootConfig, ServicePlan
 from plasmaboot.firstboot.logs import service_logger
 from plasmaboot.firstboot.markers import existing_marker, write_marker
 from plasmaboot.firstboot.report import StageReporter
+from plasmaboot.firstboot.results import StageResult, StageStatus
 from plasmaboot.firstboot.retry import Backoff
 
 
@@ -37,24 +37,6 @@ class ExitCode(enum.IntEnum):
     FAILED = 1
     ALREADY_MEMBER = 2
     INVALID_CONFIG = 3
-
-
-class StageStatus(enum.Enum):
-    BOOTSTRAPPED = "bootstrapped"
-    JOINED = "joined"
-    ALREADY_MEMBER = "already-member"
-    MARKER_PRESENT = "marker-present"
-    DONE = "done"
-    SKIPPED = "skipped"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class StageResult:
-    stage: str
-    status: StageStatus
-    message: str
-    elapsed_s: float
 
 
 class StageFailed(Exception):

@@ -9,15 +9,13 @@ errors are logged without the token.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
 from plasmaboot.firstboot.config import FirstBootConfig
 from plasmaboot.firstboot.logs import service_logger
-
-if TYPE_CHECKING:
-    from plasmaboot.firstboot.agent import StageResult
+from plasmaboot.firstboot.results import StageResult
 
 REPORT_PATH = "/api/v1/agent/report"
 

@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from plasmaboot.inventory.models import INSTALL_PLACEHOLDERS
+
 log = logging.getLogger("plasmaboot.install")
 
 DEFAULT_INSTALL_COMMAND: tuple[str, ...] = (
@@ -33,7 +35,6 @@ DEFAULT_INSTALL_COMMAND: tuple[str, ...] = (
     "{flake}#{node}",
     "root@{ip}",
 )
-PLACEHOLDERS = frozenset({"node", "ip", "flake", "extra_files"})
 MAX_LINE_BYTES = 64 * 1024
 READ_CHUNK_BYTES = 256 * 1024
 
@@ -67,7 +68,7 @@ def render_argv(template: Sequence[str], variables: Mapping[str, str]) -> list[s
         for _, name, spec, conversion in string.Formatter().parse(element):
             if name is None:
                 continue
-            if name not in PLACEHOLDERS or spec or conversion:
+            if name not in INSTALL_PLACEHOLDERS or spec or conversion:
                 raise ValueError(
                     f"install_command: {{{name}}} in {element!r} is not a placeholder; "
                     f"use {{node}}, {{ip}}, {{flake}} or {{extra_files}} "

@@ -123,6 +123,10 @@ class Network(Strict):
         return value
 
 
+# What an install command may name; anything else in braces is refused at load time.
+INSTALL_PLACEHOLDERS = frozenset({"node", "ip", "flake", "extra_files"})
+
+
 class Installer(Strict):
     """How a node is installed once its installer image has booted and called in.
 
@@ -151,6 +155,11 @@ class Server(Strict):
     dhcp_port: int = Field(default=67, ge=1, le=65535)
     ssh_authorized_keys: tuple[str, ...] = ()
     installer: Installer = Installer()
+
+    def http_base(self, port: int | None = None) -> str:
+        """The server's HTTP root as nodes see it, e.g. http://10.0.100.10:8080 (`port`:
+        what `serve --http-port` overrides)."""
+        return f"http://{self.provisioning_ip}:{port or self.http_port}"
 
 
 class Image(Strict):
@@ -227,6 +236,12 @@ class Inventory(Strict):
         if net is None:  # validation guarantees it; this guards direct construction
             raise LookupError("the inventory has no network named 'provisioning'")
         return net
+
+    def dhcp_interface(self, override: str | None = None) -> str | None:
+        """Where DHCP answers: `--interface`, else the provisioning network's dhcp.interface;
+        None when neither names one (plasmaboot never answers on every interface)."""
+        dhcp = self.provisioning.dhcp
+        return override or (dhcp.interface if dhcp else None)
 
     def model_post_init(self, context: object, /) -> None:
         # Indexes for the per-request lookups of serve (1,000 nodes make a scan show up).

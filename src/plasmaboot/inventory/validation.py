@@ -13,8 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from plasmaboot.install.runner import PLACEHOLDERS
-from plasmaboot.inventory.models import Inventory, Network, Node
+from plasmaboot.inventory.models import INSTALL_PLACEHOLDERS, Inventory, Network, Node
 from plasmaboot.inventory.ports import KNOWN_SERVICES
 
 MIN_BOOTSTRAP = 3
@@ -354,13 +353,13 @@ def _installer_command(inv: Inventory) -> Iterator[Problem]:
     except ValueError as exc:
         yield Problem("server.installer.command", installer.command, str(exc), "fix the quoting")
         return
-    unknown = sorted(fields - PLACEHOLDERS)
+    unknown = sorted(fields - INSTALL_PLACEHOLDERS)
     if unknown:
         yield Problem(
             "server.installer.command",
             installer.command,
             f"unknown placeholder(s) {unknown}",
-            f"use only {sorted(PLACEHOLDERS)}",
+            f"use only {sorted(INSTALL_PLACEHOLDERS)}",
         )
     if "flake" in fields and not installer.flake:
         yield Problem(

@@ -1,7 +1,8 @@
 """The one async interface every power driver offers, and the shared BMC plumbing.
 
-``PowerDriver`` is what callers use (lifecycle, admin API, CLI). ``BmcDriver`` holds what
-the network drivers share so each of them only says how to talk to its BMC: bounded
+``PowerDriver`` is what callers use (the node operations behind `plasmaboot node`).
+``BmcDriver`` holds what the network drivers share so each of them only says how to talk
+to its BMC: bounded
 retries with backoff for transient failures, waiting until the machine really reached the
 requested power state, and ``describe()``/``repr`` built from declarative settings where
 secret fields are marked and never rendered.

@@ -70,7 +70,7 @@ class RenderContext:
 
 def base_url(inv: Inventory) -> str:
     """The server's HTTP root as nodes see it, e.g. http://10.0.100.10:8080."""
-    return f"http://{inv.server.provisioning_ip}:{inv.server.http_port}"
+    return inv.server.http_base()
 
 
 def boot_script_url(inv: Inventory) -> str:

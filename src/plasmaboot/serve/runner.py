@@ -69,8 +69,7 @@ def admin_token(state_dir: Path) -> str:
 
 
 def dhcp_interface(options: ServeOptions, inv: Inventory) -> str:
-    dhcp = inv.provisioning.dhcp
-    interface = options.interface or (dhcp.interface if dhcp else None)
+    interface = inv.dhcp_interface(options.interface)
     if not interface:
         raise ServeError(
             "DHCP: no interface is named, and plasmaboot never answers DHCP on every "
@@ -107,7 +106,7 @@ class ProvisioningServer:
             state_dir=options.state_dir,
             assets_dir=options.assets_dir,
             tftp_root=options.tftp_root,
-            http_base=f"http://{inv.server.provisioning_ip}:{http_port}",
+            http_base=inv.server.http_base(http_port),
             simulate_disk_boot=options.simulate_disk_boot,
         )
         self.provisioner = Provisioner(inv, self.store, settings)

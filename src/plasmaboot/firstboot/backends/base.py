@@ -7,7 +7,6 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
 
@@ -15,7 +14,6 @@ import httpx
 import structlog
 
 from plasmaboot.firstboot.config import ServicePlan, TLSFiles
-from plasmaboot.firstboot.markers import DEFAULT_STATE_DIR, env_file_path
 from plasmaboot.firstboot.retry import Backoff
 
 T = TypeVar("T")
@@ -158,20 +156,3 @@ def peer_matches(peer: str, member: Member) -> bool:
 def missing_peers(peers: tuple[str, ...], members: list[Member]) -> list[str]:
     """Initial peers that no member in ``members`` accounts for."""
     return [peer for peer in peers if not any(peer_matches(peer, m) for m in members)]
-
-
-def make_backend(
-    plan: ServicePlan,
-    client: httpx.Client,
-    policy: JoinPolicy | None = None,
-    state_dir: Path = DEFAULT_STATE_DIR,
-) -> ClusterBackend:
-    """Pick the backend the config names (``state_dir`` receives etcd's env file)."""
-    policy = policy or JoinPolicy()
-    if plan.backend == "etcd":
-        from plasmaboot.firstboot.backends.etcd import EtcdBackend
-
-        return EtcdBackend(client, policy, env_file=env_file_path(state_dir, plan.service))
-    from plasmaboot.firstboot.backends.chainfire import ChainfireBackend
-
-    return ChainfireBackend(client, policy)

@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from typer.testing import CliRunner
 
-from plasmaboot.firstboot.command import firstboot_command
+from plasmaboot.firstboot.cli import firstboot_command
 
 VALID = {
     "node_id": "node04",

@@ -224,7 +224,13 @@ def serve(
     interface: Annotated[
         str | None, typer.Option(help="Answer DHCP (and bind TFTP) only on this interface.")
     ] = None,
-    bind: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
+    bind: Annotated[
+        str,
+        typer.Option(
+            help="Address HTTP and TFTP listen on. DHCP always listens on every address of "
+            "its interface, or it would not hear clients' broadcasts."
+        ),
+    ] = "0.0.0.0",
     dhcp_port: Annotated[int | None, typer.Option(help="Default: the inventory's (67).")] = None,
     tftp_port: Annotated[int | None, typer.Option(help="Default: the inventory's (69).")] = None,
     http_port: Annotated[int | None, typer.Option(help="Default: the inventory's (8080).")] = None,

@@ -26,7 +26,6 @@ def main() -> None:
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--interface", default=None, help="answer only on this interface")
     parser.add_argument("--port", type=int, default=67)
-    parser.add_argument("--bind", default="0.0.0.0")
     parser.add_argument("--proxy", action="store_true", help="proxyDHCP whatever the mode")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args()
@@ -41,7 +40,6 @@ def main() -> None:
         inv,
         store,
         interface=args.interface,
-        bind=args.bind,
         port=args.port,
         proxy=True if args.proxy else None,
     )
@@ -60,7 +58,7 @@ async def _serve(server: DhcpServer, config: Path) -> None:
         loop.add_signal_handler(sig, stopping.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload(server, config))
     await server.start()
-    print(f"dhcp listening on {server.interface} {server.bind}:{server.port}", flush=True)
+    print(f"dhcp listening on {server.interface} port {server.port}", flush=True)
     with contextlib.suppress(asyncio.CancelledError):
         await stopping.wait()
     await server.stop()

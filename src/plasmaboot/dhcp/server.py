@@ -33,6 +33,10 @@ from plasmaboot.store import Store
 log = logging.getLogger(__name__)
 
 NODE_REFRESH_S = 5.0
+# A DHCP client without an address broadcasts: a socket bound to one address never sees it.
+# The server listens on the wildcard, limited to its interface by SO_BINDTODEVICE, whatever
+# address the other services bind to.
+LISTEN_ADDRESS = "0.0.0.0"
 PXE_PORT = 4011
 _READ_BATCH = 64
 _MAX_DATAGRAM = 4096
@@ -47,7 +51,6 @@ class DhcpServer:
         store: Store,
         *,
         interface: str | None,
-        bind: str = "0.0.0.0",
         port: int = 67,
         proxy: bool | None = None,
         http_base: str | None = None,
@@ -58,7 +61,6 @@ class DhcpServer:
         self.inv = inv
         self.store = store
         self.lifecycle = lifecycle or LifecycleService(store)
-        self.bind = bind
         self.port = port
         self.pxe_port = pxe_port
         self.interface = inv.dhcp_interface(interface)
@@ -119,10 +121,10 @@ class DhcpServer:
         self._refresh_task = asyncio.create_task(self._refresh_loop())
         metrics.track(self)
         log.info(
-            "dhcp %s mode on %s %s:%d, %d leases loaded",
+            "dhcp %s mode on %s, %s:%d (every address of the interface), %d leases loaded",
             self.config.mode,
             self.interface,
-            self.bind,
+            LISTEN_ADDRESS,
             self.port,
             len(self.allocator.active(time.time())),
         )
@@ -134,11 +136,11 @@ class DhcpServer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 21)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, str(self.interface).encode())
-            sock.bind((self.bind, port))
+            sock.bind((LISTEN_ADDRESS, port))
         except OSError as exc:
             sock.close()
             raise DhcpConfigError(
-                f"cannot listen for DHCP on {self.interface} {self.bind}:{port}: {exc}; check "
+                f"cannot listen for DHCP on {self.interface} port {port}: {exc}; check "
                 "that the interface exists, the port is free and the server runs as root"
             ) from exc
         sock.setblocking(False)

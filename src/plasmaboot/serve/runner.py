@@ -163,7 +163,6 @@ class ProvisioningServer:
                 inv,
                 self.store,
                 interface=self.interface,
-                bind=opts.bind,
                 port=opts.dhcp_port or inv.server.dhcp_port,
                 proxy=True if opts.proxy_dhcp else None,
                 http_base=self.provisioner.settings.http_base,
@@ -175,12 +174,17 @@ class ProvisioningServer:
         else:
             self.provisioner.probes["dhcp"] = lambda: "disabled"
         log.info(
-            "serving %s: http %s:%s, tftp %s, dhcp %s",
+            "serving %s: http %s:%s, tftp %s:%s%s, dhcp %s",
             inv.cluster.name,
             opts.bind,
             self.http_port,
+            opts.bind,
             self.tftp.port,
-            f"on {self.interface}" if self.dhcp else "off",
+            f" on {self.interface}" if self.interface else "",
+            f"on {self.interface} port {self.dhcp.port} (every address of the interface: "
+            "broadcasts are heard whatever --bind says)"
+            if self.dhcp
+            else "off",
         )
 
     async def stop(self) -> None:

@@ -1,11 +1,22 @@
-"""Helpers shared by the BMC emulator tests (ipmi_sim, sushy-emulator); no tests in here."""
+"""Helpers shared by the BMC emulator tests (ipmi_sim, sushy-emulator), and the contract
+every network power driver passes against its emulator; no tests in here."""
 
 from __future__ import annotations
+
+import asyncio
+import logging
+import time
 
 import pytest
 
 from plasmaboot.inventory.models import Bmc
-from plasmaboot.power import PowerDriver, RetryPolicy, driver_for
+from plasmaboot.power import (
+    BadCredentialsError,
+    BmcUnreachableError,
+    PowerDriver,
+    RetryPolicy,
+    driver_for,
+)
 
 FAST_RETRY = RetryPolicy(attempts=2, base_delay_s=0.1, max_delay_s=0.2)
 
@@ -40,3 +51,35 @@ def assert_password_not_logged(caplog: pytest.LogCaptureFixture, password: str) 
     assert caplog.records, "expected the driver to log its requests"
     for record in caplog.records:
         assert password not in record.getMessage()
+
+
+async def contract_bad_credentials_are_fatal_after_one_attempt(
+    driver: PowerDriver, node: str, wrong_password: str, caplog: pytest.LogCaptureFixture
+) -> BadCredentialsError:
+    """Refused credentials: one request, no retry, a fatal error naming the inventory field
+    to fix and never the password. The driver must be built with several attempts allowed."""
+    caplog.set_level(logging.DEBUG)
+    started = time.monotonic()
+    with pytest.raises(BadCredentialsError) as failure:
+        await driver.power_on()
+    assert attempts_logged(caplog) == 1
+    assert time.monotonic() - started < 5
+    assert f"nodes[{node}].bmc.username" in str(failure.value)
+    assert wrong_password not in str(failure.value)
+    assert_password_not_logged(caplog, wrong_password)
+    return failure.value
+
+
+async def contract_unreachable_is_retried_then_fails_clearly(
+    driver: PowerDriver, address: str, attempts: int, caplog: pytest.LogCaptureFixture
+) -> BmcUnreachableError:
+    """Nobody answers: exactly `attempts` requests (the retry policy's bound), then an
+    error naming the BMC address, the attempts and the inventory field."""
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(BmcUnreachableError) as failure:
+        await asyncio.wait_for(driver.power_state(), timeout=60)
+    message = str(failure.value)
+    assert attempts_logged(caplog, "power_state") == attempts
+    assert address in message and f"after {attempts} attempts" in message
+    assert "bmc.address" in message
+    return failure.value

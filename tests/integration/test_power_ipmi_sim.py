@@ -7,7 +7,6 @@ for the machine the BMC drives: the tests check that side, not what the driver s
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import shutil
 import subprocess
@@ -17,13 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from power_support import assert_password_not_logged, attempts_logged, emulator_driver
+from power_support import (
+    assert_password_not_logged,
+    contract_bad_credentials_are_fatal_after_one_attempt,
+    contract_unreachable_is_retried_then_fails_clearly,
+    emulator_driver,
+)
 
 from plasmaboot.inventory.models import Bmc
 from plasmaboot.lab.bmc import EMU_COMMANDS, LAN_CONF
 from plasmaboot.power import (
-    BadCredentialsError,
-    BmcUnreachableError,
     BootDevice,
     PowerDriver,
     PowerState,
@@ -218,34 +220,16 @@ async def test_ipmi_pxe_once_boot_device_reaches_the_machine(
 async def test_ipmi_wrong_password_is_fatal_and_not_retried(
     machine: Machine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG)
     wrong = "pbpWrongPassw0"
     driver = make_driver(monkeypatch, password=wrong, retry=RetryPolicy(attempts=5))
-    started = time.monotonic()
-
-    with pytest.raises(BadCredentialsError) as failure:
-        await driver.power_on()
-
-    assert attempts_logged(caplog) == 1
-    assert time.monotonic() - started < 5
-    assert "nodes[rack1-n1].bmc.username" in str(failure.value)
-    assert wrong not in str(failure.value)
-    assert_password_not_logged(caplog, wrong)
+    await contract_bad_credentials_are_fatal_after_one_attempt(driver, "rack1-n1", wrong, caplog)
 
 
 async def test_ipmi_unreachable_bmc_is_retried_then_fails_clearly(
     machine: Machine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG)
     policy = RetryPolicy(attempts=2, base_delay_s=0.1, max_delay_s=0.2, request_timeout_s=10)
     driver = make_driver(monkeypatch, port=CLOSED_PORT, retry=policy)
-
-    with pytest.raises(BmcUnreachableError) as failure:
-        await asyncio.wait_for(driver.power_state(), timeout=60)
-
-    message = str(failure.value)
-    assert attempts_logged(caplog, "power_state") == 2
-    assert f"127.0.0.1:{CLOSED_PORT}" in message
-    assert "after 2 attempts" in message
-    assert "bmc.address" in message
+    address = f"127.0.0.1:{CLOSED_PORT}"
+    await contract_unreachable_is_retried_then_fails_clearly(driver, address, 2, caplog)
     assert_password_not_logged(caplog, PASSWORD)

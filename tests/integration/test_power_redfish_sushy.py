@@ -21,14 +21,18 @@ from typing import Any
 
 import httpx
 import pytest
-from power_support import assert_password_not_logged, attempts_logged, emulator_driver
+from power_support import (
+    assert_password_not_logged,
+    attempts_logged,
+    contract_bad_credentials_are_fatal_after_one_attempt,
+    contract_unreachable_is_retried_then_fails_clearly,
+    emulator_driver,
+)
 
 from plasmaboot.inventory.models import Bmc
 from plasmaboot.pki import init_ca, issue_node_cert
 from plasmaboot.power import (
-    BadCredentialsError,
     BmcConfigurationError,
-    BmcUnreachableError,
     BootDevice,
     PowerDriver,
     PowerState,
@@ -199,32 +203,20 @@ async def test_redfish_boot_target_outside_allowable_values_is_unsupported(
 async def test_redfish_wrong_password_is_fatal_and_not_retried(
     emulator: Emulator, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG)
     wrong = "pbp-wrong-Passw0rd-99"
     driver = make_driver(monkeypatch, password=wrong, retry=RetryPolicy(attempts=5))
-
-    with pytest.raises(BadCredentialsError) as failure:
-        await driver.power_on()
-
-    assert attempts_logged(caplog) == 1
-    assert "HTTP 401" in str(failure.value)
-    assert "nodes[rack2-n7].bmc.username" in str(failure.value)
-    assert wrong not in str(failure.value)
-    assert_password_not_logged(caplog, wrong)
+    error = await contract_bad_credentials_are_fatal_after_one_attempt(
+        driver, "rack2-n7", wrong, caplog
+    )
+    assert "HTTP 401" in str(error)
 
 
 async def test_redfish_unreachable_bmc_is_retried_then_fails_clearly(
     emulator: Emulator, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG)
     driver = make_driver(monkeypatch, port=CLOSED_PORT, retry=RetryPolicy(3, 0.05, 0.1, 5))
-
-    with pytest.raises(BmcUnreachableError) as failure:
-        await driver.power_state()
-
-    assert attempts_logged(caplog, "power_state") == 3
-    assert f"127.0.0.1:{CLOSED_PORT}" in str(failure.value)
-    assert "after 3 attempts" in str(failure.value)
+    address = f"127.0.0.1:{CLOSED_PORT}"
+    await contract_unreachable_is_retried_then_fails_clearly(driver, address, 3, caplog)
 
 
 async def test_redfish_untrusted_certificate_names_verify_tls(

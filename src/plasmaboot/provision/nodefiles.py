@@ -20,6 +20,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from plasmaboot.files import write_atomic
 from plasmaboot.inventory import Inventory, Node
 from plasmaboot.pki.authority import (
     CA_CERT,
@@ -70,10 +71,9 @@ class NodeFiles:
 
 
 def _put(root: Path, absolute: str, data: str | bytes, mode: int) -> None:
-    path = root / absolute.lstrip("/")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data.encode() if isinstance(data, str) else data)
-    path.chmod(mode)
+    """A file of the tree; `write_atomic` sets the mode before a secret byte is written."""
+    content = data.encode() if isinstance(data, str) else data
+    write_atomic(root / absolute.lstrip("/"), content, mode)
 
 
 def _debian_units(root: Path, inv: Inventory, node: Node) -> None:

@@ -302,3 +302,15 @@ def test_nix_package_depends_on_what_pyproject_does() -> None:
 def test_package_copy_needs_a_source_checkout(tmp_path: Path) -> None:
     with pytest.raises(RenderError, match="not a plasmaboot source checkout"):
         package_files(tmp_path)
+
+
+def test_nix_package_import_checks_name_modules_that_exist() -> None:
+    import importlib
+
+    expression = (ROOT / "nix/plasmaboot.nix").read_text()
+    checked = re.search(r"pythonImportsCheck = \[([^\]]*)\];", expression)
+    assert checked is not None
+    modules = re.findall(r'"([\w.]+)"', checked.group(1))
+    assert "plasmaboot.cli" in modules and len(modules) >= 2
+    for module in modules:
+        importlib.import_module(module)

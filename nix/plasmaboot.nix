@@ -31,6 +31,8 @@ python3Packages.buildPythonApplication {
     httpx
     jsonschema
     prometheus-client
+    psycopg
+    psycopg-pool
     pydantic
     pyghmi
     pyyaml
@@ -39,7 +41,7 @@ python3Packages.buildPythonApplication {
     typer
   ];
 
-  pythonImportsCheck = [ "plasmaboot.cli" "plasmaboot.firstboot.command" ];
+  pythonImportsCheck = [ "plasmaboot.cli" "plasmaboot.firstboot.cli" "plasmaboot.agent.cli" ];
 
   meta = {
     inherit (project) description;

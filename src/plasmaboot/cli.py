@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -18,9 +19,11 @@ from plasmaboot.cli_common import (
     ConfigOption,
     JsonOption,
     StateDirOption,
+    StoreOption,
     err,
     load_or_exit,
     out,
+    store_location,
 )
 from plasmaboot.cluster.cli import app as cluster_app
 from plasmaboot.firstboot.cli import firstboot_command
@@ -28,7 +31,7 @@ from plasmaboot.lab.cli import app as lab_app
 from plasmaboot.operations import cli as operations_cli
 from plasmaboot.pki.cli import app as pki_app
 from plasmaboot.render.cli import render_command
-from plasmaboot.store import NodeRecord, Store, open_store
+from plasmaboot.store import NodeRecord, Store, StoreError, open_store
 
 app = typer.Typer(no_args_is_help=True, help="Bare-metal provisioning for PlasmaCloud clusters.")
 inventory_app = typer.Typer(no_args_is_help=True, help="Check and import the inventory.")
@@ -57,8 +60,12 @@ def agent(ctx: typer.Context) -> None:
     raise typer.Exit(agent_main(ctx.args))
 
 
-def _store(state_dir: Path) -> Store:
-    return open_store(state_dir)
+def _store(state_dir: Path, store: str | None = None) -> Store:
+    try:
+        return open_store(store_location(store, state_dir))
+    except StoreError as exc:
+        err.print(f"[red]store:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 def _when(ts: float) -> str:
@@ -76,10 +83,14 @@ def inventory_check(config: ConfigOption) -> None:
 
 
 @inventory_app.command("import")
-def inventory_import(config: ConfigOption, state_dir: StateDirOption = DEFAULT_STATE_DIR) -> None:
+def inventory_import(
+    config: ConfigOption,
+    state_dir: StateDirOption = DEFAULT_STATE_DIR,
+    store_at: StoreOption = None,
+) -> None:
     """Load the inventory into the store (idempotent; never drops a node's history)."""
     inv = load_or_exit(config)
-    store = _store(state_dir)
+    store = _store(state_dir, store_at)
     try:
         result = store.import_inventory(inv)
     finally:
@@ -95,9 +106,13 @@ def inventory_import(config: ConfigOption, state_dir: StateDirOption = DEFAULT_S
 
 
 @node_app.command("list")
-def node_list(state_dir: StateDirOption = DEFAULT_STATE_DIR, as_json: JsonOption = False) -> None:
+def node_list(
+    state_dir: StateDirOption = DEFAULT_STATE_DIR,
+    store_at: StoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
     """Every node with its lifecycle state."""
-    store = _store(state_dir)
+    store = _store(state_dir, store_at)
     try:
         nodes = store.list_nodes()
     finally:
@@ -131,10 +146,13 @@ def _get_node_or_exit(store: Store, hostname: str) -> NodeRecord:
 
 @node_app.command("show")
 def node_show(
-    hostname: str, state_dir: StateDirOption = DEFAULT_STATE_DIR, as_json: JsonOption = False
+    hostname: str,
+    state_dir: StateDirOption = DEFAULT_STATE_DIR,
+    store_at: StoreOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """One node: state, target, MACs and its inventory record."""
-    store = _store(state_dir)
+    store = _store(state_dir, store_at)
     node = _get_node_or_exit(store, hostname)
     store.close()
     if as_json:
@@ -189,11 +207,12 @@ def _hardware_lines(hw: dict[str, Any]) -> list[tuple[str, str]]:
 def node_events(
     hostname: str,
     state_dir: StateDirOption = DEFAULT_STATE_DIR,
+    store_at: StoreOption = None,
     as_json: JsonOption = False,
     limit: Annotated[int | None, typer.Option(help="Only the last N events.")] = None,
 ) -> None:
     """A node's lifecycle history, oldest first."""
-    store = _store(state_dir)
+    store = _store(state_dir, store_at)
     _get_node_or_exit(store, hostname)
     events = store.events(hostname, limit=limit)
     store.close()
@@ -221,6 +240,7 @@ def main() -> None:
 def serve(
     config: ConfigOption,
     state_dir: StateDirOption = DEFAULT_STATE_DIR,
+    store_at: StoreOption = None,
     interface: Annotated[
         str | None, typer.Option(help="Answer DHCP (and bind TFTP) only on this interface.")
     ] = None,
@@ -255,6 +275,7 @@ def serve(
     options = ServeOptions(
         config=config,
         state_dir=state_dir,
+        store=store_at,
         assets_dir=assets or state_dir / "assets",
         tftp_root=tftp_root,
         interface=interface,

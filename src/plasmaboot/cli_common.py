@@ -23,7 +23,23 @@ StateDirOption = Annotated[
     Path,
     typer.Option("--state-dir", help="Where the store lives (env PLASMABOOT_STATE_DIR)."),
 ]
+StoreOption = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        envvar="PLASMABOOT_STORE",
+        show_default=False,
+        help="The store: a postgresql://USER@HOST/DB URL shared by several servers (give "
+        "the password by PGPASSWORD, ~/.pgpass or this env var, not the command line), or a "
+        "state directory for SQLite. Default: the state directory.",
+    ),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def store_location(store: str | None, state_dir: Path) -> str | Path:
+    """Where `open_store` looks: `--store` when given, else the state directory (SQLite)."""
+    return store or state_dir
 
 
 def load_or_exit(path: Path) -> Inventory:

@@ -245,7 +245,7 @@ async def test_lifecycle_refusal_reaches_the_console_and_the_vm_powers_off(
     )
     assert server.events_after(mark) == [], console
     assert server.state() is State.DECOMMISSIONED
-    assert "report installer-booted refused: HTTP 409" in console
+    assert "lookup of 52:54:00:12:34:56 refused: HTTP 409" in console
     assert '"state": "decommissioned"' in console, "the 409 body must reach the console"
     assert "plasmaboot-lab: powering off" in console
 

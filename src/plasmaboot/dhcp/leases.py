@@ -80,6 +80,17 @@ class LeaseAllocator:
         ip = self._by_key.get(key)
         return self._leases.get(ip) if ip is not None else None
 
+    def bound_to(self, mac: str, now: float) -> IPv4Address | None:
+        """The address bound (not expired) to this MAC, whatever its client id: its fixed
+        address in one lookup, else the pool's leases are searched."""
+        host = self._fixed.get(mac)
+        ips = [host.ip] if host is not None else list(self._leases)
+        for ip in ips:
+            lease = self._leases.get(ip)
+            if lease and lease.mac == mac and lease.state == "bound" and lease.expires_at > now:
+                return ip
+        return None
+
     def active(self, now: float) -> list[Lease]:
         return [le for le in self._leases.values() if le.state == "bound" and le.expires_at > now]
 

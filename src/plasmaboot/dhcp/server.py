@@ -40,6 +40,10 @@ LISTEN_ADDRESS = "0.0.0.0"
 PXE_PORT = 4011
 _READ_BATCH = 64
 _MAX_DATAGRAM = 4096
+# serve's health probe (serve/health.py) sends this and a nonce to each socket, from the
+# host itself: read through the loop like any packet, noted in `probes_heard`, never
+# decoded or answered (it cannot be a DHCP packet: those are 240 bytes and more).
+PROBE_MAGIC = b"plasmaboot-health-probe:"
 
 
 class DhcpServer:
@@ -85,6 +89,7 @@ class DhcpServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sockets: list[socket.socket] = []
         self._refresh_task: asyncio.Task[None] | None = None
+        self.probes_heard: dict[int, bytes] = {}  # port -> the last probe nonce read there
 
     def _config(self, inv: Inventory) -> ServingConfig:
         return ServingConfig.from_inventory(
@@ -184,12 +189,25 @@ class DhcpServer:
         return bool(self._sockets) and all(sock.fileno() != -1 for sock in self._sockets)
 
     @property
+    def ports(self) -> list[int]:
+        """The ports it listens on: DHCP, and PXE (4011) in proxy mode."""
+        return [self.port, self.pxe_port] if self.config.proxy else [self.port]
+
+    @property
     def stats(self) -> dict[str, int]:
         return dict(self.responder.stats + self._counters)
 
     @property
     def active_leases(self) -> int:
         return len(self.allocator.active(time.time()))
+
+    def leased_address(self, mac: str) -> str | None:
+        """The address this server leased to `mac` and still holds for it (None in proxy
+        mode: it leases nothing); the HTTP side gives boot tokens only there."""
+        if self.config.proxy:
+            return None
+        ip = self.allocator.bound_to(mac, time.time())
+        return str(ip) if ip is not None else None
 
     # ---- packet path ------------------------------------------------------------------
 
@@ -207,6 +225,9 @@ class DhcpServer:
             self._received(sock, data, addr, pxe)
 
     def _received(self, sock: socket.socket, data: bytes, addr: tuple[str, int], pxe: bool) -> None:
+        if data.startswith(PROBE_MAGIC):
+            self.probes_heard[sock.getsockname()[1]] = data[len(PROBE_MAGIC) :]
+            return
         try:
             request = decode(data)
         except DecodeError as exc:

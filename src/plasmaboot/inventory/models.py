@@ -12,7 +12,15 @@ import re
 from ipaddress import IPv4Address, IPv4Network
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictInt,
+    field_validator,
+)
 
 _MAC_RE = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$")
 _HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -146,6 +154,18 @@ class Installer(Strict):
     timeout_s: int = Field(default=3600, ge=10, le=24 * 3600)
 
 
+class DiscoveryLimits(Strict):
+    """How many unknown machines unauthenticated boot requests may record (discovered).
+
+    `per_source_per_minute`: new machines one address (an IPv6 /64) may make known a
+    minute, with a burst of as many; `max_discovered`: nodes that may wait in
+    `discovered` at once. 0 turns discovery over HTTP off. See provision/discovery.py.
+    """
+
+    per_source_per_minute: int = Field(default=10, ge=0, le=100_000)
+    max_discovered: int = Field(default=1000, ge=0, le=1_000_000)
+
+
 class Server(Strict):
     """The provisioning server itself: where nodes fetch iPXE, scripts and images."""
 
@@ -155,6 +175,11 @@ class Server(Strict):
     dhcp_port: int = Field(default=67, ge=1, le=65535)
     ssh_authorized_keys: tuple[str, ...] = ()
     installer: Installer = Installer()
+    discovery: DiscoveryLimits = DiscoveryLimits()
+    # Seconds a node may wait in an unstable lifecycle state before serve's reaper fails
+    # it, e.g. {installing: 5400}; unnamed states keep the defaults of
+    # provision/deadlines.py. validation.py checks the names and values.
+    deadlines: dict[str, StrictInt] = Field(default_factory=dict)
 
     def http_base(self, port: int | None = None) -> str:
         """The server's HTTP root as nodes see it, e.g. http://10.0.100.10:8080 (`port`:

@@ -15,6 +15,7 @@ from ipaddress import IPv4Address
 
 from plasmaboot.inventory.models import INSTALL_PLACEHOLDERS, Inventory, Network, Node
 from plasmaboot.inventory.ports import KNOWN_SERVICES
+from plasmaboot.lifecycle import STABLE_STATES, State
 
 MIN_BOOTSTRAP = 3
 CONSENSUS_ROLES = ("control-plane", "all-in-one")
@@ -370,6 +371,32 @@ def _installer_command(inv: Inventory) -> Iterator[Problem]:
         )
 
 
+def _deadlines(inv: Inventory) -> Iterator[Problem]:
+    """Deadlines exist only for the states that wait for the machine, in whole seconds."""
+    unstable = [s.value for s in State if s not in STABLE_STATES]
+    for name, seconds in sorted(inv.server.deadlines.items()):
+        path = f"server.deadlines.{name}"
+        if name not in unstable:
+            stable = name in {s.value for s in STABLE_STATES}
+            yield Problem(
+                path,
+                name,
+                f"{name} is a stable state: it waits for an operator, not the machine, so "
+                "it has no deadline"
+                if stable
+                else "not a lifecycle state",
+                f"name one of the states that wait for the machine: {', '.join(unstable)}",
+            )
+        if seconds <= 0:
+            yield Problem(
+                path,
+                seconds,
+                "a deadline must be a positive number of seconds",
+                "give the seconds the state may last, e.g. 5400 for 90 minutes, or remove "
+                "the key to keep the default",
+            )
+
+
 RULES: tuple[Callable[[Inventory], Iterator[Problem]], ...] = (
     _network_shapes,
     _duplicate_macs,
@@ -383,6 +410,7 @@ RULES: tuple[Callable[[Inventory], Iterator[Problem]], ...] = (
     _bmc_credentials,
     _boot_overrides,
     _installer_command,
+    _deadlines,
 )
 
 

@@ -99,14 +99,15 @@ TRANSITIONS: dict[tuple[Event, State], State] = {
 FIRED_BY: dict[Event, str] = {
     E.ENROLL: "operator (inventory import, admin API)",
     E.PXE_BOOT: "DHCP/HTTP seeing the machine's firmware, or an operator",
-    E.BOOT_TIMEOUT: "the pxe-booting deadline (no reaper enforces deadlines yet)",
+    E.BOOT_TIMEOUT: "the deadline reaper of serve, when pxe-booting outlives its deadline",
     E.INSTALLER_BOOTED: "the installer agent (plasmaboot agent), with its boot token",
     E.INSTALL_STARTED: "the install driver of serve, or an installer that installs itself",
     E.INSTALLED: "the install driver of serve, or an installer that installs itself",
     E.FIRST_BOOT: "the installed OS (plasmaboot firstboot), with its node credential",
     E.JOIN_STARTED: "the installed OS (plasmaboot firstboot), with its node credential",
     E.JOINED: "the installed OS (plasmaboot firstboot), with its node credential",
-    E.FAIL: "whoever runs the operation under way (agent, install driver, first boot)",
+    E.FAIL: "whoever runs the operation under way (agent, install driver, first boot), or "
+    "the deadline reaper of serve when the state outlives its deadline",
     E.RETRY: "operator",
     E.REPROVISION: "operator",
     E.DRAIN: "operator",

@@ -10,21 +10,24 @@ from typing import Annotated, Any
 
 import typer
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from plasmaboot.cli_common import (
     DEFAULT_STATE_DIR,
     ConfigOption,
     StateDirOption,
+    StoreOption,
     err,
     load_or_exit,
     out,
+    store_location,
 )
 from plasmaboot.lifecycle import IllegalTransition, State
 from plasmaboot.operations.nodes import MemberRemover, NodeOperations, OperationError
 from plasmaboot.operations.rollout import DEFAULT_UPDATE_COMMAND, Rollout
 from plasmaboot.power import PowerError
-from plasmaboot.store import NodeRecord, UnknownNode, open_store
+from plasmaboot.store import NodeRecord, StoreError, UnknownNode, open_store
 
 Nodes = Annotated[list[str], typer.Argument(help="Node host names.")]
 ClusterConfig = Annotated[
@@ -53,9 +56,16 @@ def _remover(cluster_config: Path | None) -> MemberRemover | None:
     return remove
 
 
-def _operations(config: Path, state_dir: Path, cluster_config: Path | None) -> NodeOperations:
+def _operations(
+    config: Path, state_dir: Path, cluster_config: Path | None, store_at: str | None = None
+) -> NodeOperations:
     inv = load_or_exit(config)
-    return NodeOperations(inv, open_store(state_dir), remove_member=_remover(cluster_config),
+    try:
+        store = open_store(store_location(store_at, state_dir))
+    except StoreError as exc:
+        err.print(f"[red]store:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    return NodeOperations(inv, store, remove_member=_remover(cluster_config),
                           log=lambda line: out.print(line, highlight=False))  # fmt: skip
 
 
@@ -97,54 +107,57 @@ def _watch(ops: NodeOperations, nodes: list[str], seconds: float) -> None:
 
 def provision(
     nodes: Nodes, config: ConfigOption, state_dir: StateDirOption = DEFAULT_STATE_DIR,
-    watch: Watch = 1800,
+    watch: Watch = 1800, store_at: StoreOption = None,
 ) -> None:  # fmt: skip
     """Runbook 5.2: set PXE boot once, power cycle, and watch each node to active."""
-    ops = _operations(config, state_dir, None)
+    ops = _operations(config, state_dir, None, store_at)
     _each(ops, nodes, NodeOperations.provision)
     _watch(ops, nodes, watch)
 
 
 def reprovision(
     nodes: Nodes, config: ConfigOption, state_dir: StateDirOption = DEFAULT_STATE_DIR,
-    cluster_config: ClusterConfig = None, watch: Watch = 1800,
+    cluster_config: ClusterConfig = None, watch: Watch = 1800, store_at: StoreOption = None,
 ) -> None:  # fmt: skip
     """Runbook 9.2: remove from the cluster, netboot and reinstall."""
-    ops = _operations(config, state_dir, cluster_config)
+    ops = _operations(config, state_dir, cluster_config, store_at)
     _each(ops, nodes, NodeOperations.reprovision)
     _watch(ops, nodes, watch)
 
 
 def drain(
-    nodes: Nodes, config: ConfigOption, state_dir: StateDirOption = DEFAULT_STATE_DIR
-) -> None:
+    nodes: Nodes, config: ConfigOption, state_dir: StateDirOption = DEFAULT_STATE_DIR,
+    store_at: StoreOption = None,
+) -> None:  # fmt: skip
     """Runbook 7.5: mark active nodes draining, then hold them in maintenance."""
-    ops = _operations(config, state_dir, None)
+    ops = _operations(config, state_dir, None, store_at)
     _each(ops, nodes, NodeOperations.drain)
 
 
 def maintenance(
-    nodes: Nodes, config: ConfigOption, state_dir: StateDirOption = DEFAULT_STATE_DIR
-) -> None:
+    nodes: Nodes, config: ConfigOption, state_dir: StateDirOption = DEFAULT_STATE_DIR,
+    store_at: StoreOption = None,
+) -> None:  # fmt: skip
     """Put active nodes in maintenance at once (no drain)."""
-    ops = _operations(config, state_dir, None)
+    ops = _operations(config, state_dir, None, store_at)
     _each(ops, nodes, NodeOperations.maintenance)
 
 
 def activate(
-    nodes: Nodes, config: ConfigOption, state_dir: StateDirOption = DEFAULT_STATE_DIR
-) -> None:
+    nodes: Nodes, config: ConfigOption, state_dir: StateDirOption = DEFAULT_STATE_DIR,
+    store_at: StoreOption = None,
+) -> None:  # fmt: skip
     """Bring nodes back from maintenance (or an interrupted drain) to active."""
-    ops = _operations(config, state_dir, None)
+    ops = _operations(config, state_dir, None, store_at)
     _each(ops, nodes, NodeOperations.activate)
 
 
 def decommission(
     nodes: Nodes, config: ConfigOption, state_dir: StateDirOption = DEFAULT_STATE_DIR,
-    cluster_config: ClusterConfig = None,
+    cluster_config: ClusterConfig = None, store_at: StoreOption = None,
 ) -> None:  # fmt: skip
     """Runbook 7.6: drain, leave the cluster, power off, mark decommissioned (history kept)."""
-    ops = _operations(config, state_dir, cluster_config)
+    ops = _operations(config, state_dir, cluster_config, store_at)
     _each(ops, nodes, NodeOperations.decommission)
 
 
@@ -153,9 +166,10 @@ def rollout(
     command: Annotated[str, typer.Option(help="Update command template.")] = DEFAULT_UPDATE_COMMAND,
     health: Annotated[str | None, typer.Option(help="Health check command template.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds allowed per node update.")] = 3600,
+    store_at: StoreOption = None,
 ) -> None:  # fmt: skip
     """Runbook 7.4: update nodes one at a time, health-gated; stop at the first failure."""
-    ops = _operations(config, state_dir, None)
+    ops = _operations(config, state_dir, None, store_at)
     job = Rollout(ops, command, health, timeout_s=timeout)
     try:
         result = asyncio.run(job.run(nodes))

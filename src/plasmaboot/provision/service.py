@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from plasmaboot.inventory import Inventory, Node
-from plasmaboot.lifecycle import TRANSITIONS, Event
+from plasmaboot.lifecycle import TRANSITIONS, Event, State
+from plasmaboot.provision.discovery import DiscoveryLimiter
 from plasmaboot.provision.lifecycle import LifecycleService, Listener
 from plasmaboot.provision.tokens import AgentTokens, signing_key
 from plasmaboot.store import EventRecord, NodeRecord, Store
@@ -40,6 +41,12 @@ class Provisioner:
     tokens: AgentTokens = field(init=False)
     # service -> a probe answering "running", "disabled", "stopped" or "failed", asked live
     probes: dict[str, Callable[[], str]] = field(default_factory=dict)
+    # MAC -> the address plasmaboot's DHCP leased to it now (None: no live lease). Set by
+    # serve when its DHCP server leases addresses (full or reservation mode): a boot
+    # token then goes only to a request from that address. None (proxy, --no-dhcp, the
+    # tests' in-process apps): whoever asks gets it (docs/api.md, "Tokens").
+    lease_address: Callable[[str], str | None] | None = None
+    discovery: DiscoveryLimiter = field(default_factory=DiscoveryLimiter)
 
     def __post_init__(self) -> None:
         self.lifecycle = LifecycleService(self.store)
@@ -67,6 +74,23 @@ class Provisioner:
 
     def discover(self, mac: str, actor: str, detail: dict[str, Any] | None = None) -> NodeRecord:
         return self.lifecycle.discover(mac, actor, detail)
+
+    def discover_from(self, mac: str, remote: str | None) -> NodeRecord:
+        """Record an unknown MAC an unauthenticated request named, within the inventory's
+        `server.discovery` limits (DiscoveryRefused, counted, when over them)."""
+        known = self.store.node_by_mac(mac)
+        if known is not None:
+            return known
+        waiting = self.store.state_counts().get(State.DISCOVERED.value, 0)
+        self.discovery.admit(remote, self.inventory.server.discovery, waiting)
+        return self.discover(mac, "http", {"remote": remote})
+
+    def leased_to(self, record: NodeRecord, remote: str | None) -> bool | None:
+        """Whether `remote` is an address plasmaboot's DHCP leased to one of the node's
+        MACs; None when plasmaboot does not lease addresses (no check is possible)."""
+        if self.lease_address is None:
+            return None
+        return remote is not None and any(self.lease_address(mac) == remote for mac in record.macs)
 
     def service_status(self) -> dict[str, str]:
         return {name: probe() for name, probe in self.probes.items()}

@@ -22,6 +22,11 @@ class LoopThread:
         self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """True while the thread runs its loop (the health probe of `serve`)."""
+        return self._thread.is_alive() and self.loop.is_running()
+
     async def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run `coro` on this thread's loop and wait for it from the caller's loop."""
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))

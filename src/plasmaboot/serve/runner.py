@@ -14,10 +14,8 @@ import logging
 import os
 import secrets
 import signal
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from aiohttp import web
 
@@ -25,9 +23,10 @@ from plasmaboot.dhcp.config import DhcpConfigError
 from plasmaboot.dhcp.server import DhcpServer
 from plasmaboot.install.driver import InstallDriver
 from plasmaboot.inventory import Inventory, InventoryError, load_inventory
-from plasmaboot.provision import Provisioner, ProvisionerSettings
+from plasmaboot.provision import DeadlineReaper, Provisioner, ProvisionerSettings
+from plasmaboot.serve.health import HealthProber, Probe, dhcp_probe, http_probe, tftp_probe
 from plasmaboot.serve.loop_thread import LoopThread
-from plasmaboot.store import open_store
+from plasmaboot.store import StoreError, open_store
 from plasmaboot.tftp import DEBIAN_IPXE_LINK_ROOTS, DEBIAN_IPXE_ROOT
 from plasmaboot.tftp.server import TftpServer
 from plasmaboot.web.app import build_app
@@ -49,6 +48,9 @@ class ServeOptions:
     proxy_dhcp: bool = False
     dhcp: bool = True
     simulate_disk_boot: bool = False
+    # A postgresql:// URL shared with other servers; None: SQLite in state_dir. Not in
+    # repr: the URL may hold a password.
+    store: str | None = field(default=None, repr=False)
 
 
 class ServeError(Exception):
@@ -79,16 +81,6 @@ def dhcp_interface(options: ServeOptions, inv: Inventory) -> str:
     return interface
 
 
-class Listening(Protocol):
-    @property
-    def listening(self) -> bool: ...
-
-
-def _probe(server: Listening) -> Callable[[], str]:
-    """A health probe: "failed" once the server's socket is gone while we still run."""
-    return lambda: "running" if server.listening else "failed"
-
-
 class ProvisioningServer:
     def __init__(self, options: ServeOptions) -> None:
         self.options = options
@@ -98,7 +90,10 @@ class ProvisioningServer:
             raise ServeError(str(exc)) from None
         # Refuse before touching the store: a server that will not start changes nothing.
         self.interface = dhcp_interface(options, inv) if options.dhcp else options.interface
-        self.store = open_store(options.state_dir)
+        try:
+            self.store = open_store(options.store or options.state_dir)
+        except StoreError as exc:
+            raise ServeError(str(exc)) from None
         self.store.import_inventory(inv)
         http_port = options.http_port or inv.server.http_port
         self.http_port = http_port
@@ -113,9 +108,18 @@ class ProvisioningServer:
         self.installer = InstallDriver(self.provisioner)
         self.provisioner.listeners.append(self.installer)
         self.dhcp: DhcpServer | None = None
+        # DHCP that leases addresses (full, reservation): boot tokens go only to them, and
+        # from the start (none is leased before DHCP runs); docs/api.md "Tokens".
+        dhcp_mode = inv.provisioning.dhcp.mode if inv.provisioning.dhcp else "full"
+        if options.dhcp and not options.proxy_dhcp and dhcp_mode != "proxy":
+            self.provisioner.lease_address = lambda mac: (
+                self.dhcp.leased_address(mac) if self.dhcp is not None else None
+            )
         self.tftp: TftpServer | None = None
         self.tftp_thread: LoopThread | None = None
         self.http: web.AppRunner | None = None
+        self.health: HealthProber | None = None
+        self.reaper = DeadlineReaper(self.provisioner)
 
     def reload(self) -> list[str]:
         """Swap in the inventory file's current content, or keep the running one."""
@@ -145,7 +149,6 @@ class ProvisioningServer:
         self.http = web.AppRunner(app, access_log=None)
         await self.http.setup()
         await web.TCPSite(self.http, opts.bind, self.http_port, reuse_address=True).start()
-        self.provisioner.probes["http"] = lambda: "running"
         self.tftp = TftpServer(
             opts.tftp_root,
             # Debian's ipxe.efi is a symlink into /boot: allow that link, and only that.
@@ -157,7 +160,6 @@ class ProvisioningServer:
         # TFTP gets its own loop: see serve/loop_thread.py for the boot-storm evidence.
         self.tftp_thread = LoopThread("tftp")
         await self.tftp_thread.run(self.tftp.start())
-        self.provisioner.probes["tftp"] = _probe(self.tftp)
         if opts.dhcp:
             self.dhcp = DhcpServer(
                 inv,
@@ -170,9 +172,20 @@ class ProvisioningServer:
                 lifecycle=self.provisioner.lifecycle,
             )
             await self.dhcp.start()
-            self.provisioner.probes["dhcp"] = _probe(self.dhcp)
         else:
             self.provisioner.probes["dhcp"] = lambda: "disabled"
+        # /health: each service answers a real probe (serve/health.py), from the start.
+        probes: dict[str, Probe] = {
+            "http": http_probe(opts.bind, self.http_port),
+            "tftp": tftp_probe(self.tftp, self.tftp_thread, self.interface),
+        }
+        if self.dhcp is not None:
+            probes["dhcp"] = dhcp_probe(self.dhcp)
+        self.health = HealthProber(probes)
+        await self.health.probe_once()
+        self.health.publish(self.provisioner.probes)
+        self.health.start()
+        self.reaper.start()  # deadlines of the states that wait for the machine
         log.info(
             "serving %s: http %s:%s, tftp %s:%s%s, dhcp %s",
             inv.cluster.name,
@@ -188,11 +201,14 @@ class ProvisioningServer:
         )
 
     async def stop(self) -> None:
+        await self.reaper.stop()
+        if self.health is not None:
+            await self.health.stop()
         if self.dhcp is not None:
             await self.dhcp.stop()
         await self.installer.stop()
         if self.tftp_thread is not None:
-            if self.tftp is not None:
+            if self.tftp is not None and self.tftp_thread.alive:  # a dead loop runs nothing
                 await self.tftp_thread.run(self.tftp.stop())
             self.tftp_thread.close()
         if self.http is not None:

@@ -1,9 +1,10 @@
 """What every store offers: the records and the interface DHCP, HTTP and the CLI use.
 
 SQLite is the embedded default; a PostgreSQL store for several servers sharing the work
-implements the same `Store` protocol. There is no method that sets a node's state: the
-only way is `transition`, which consults the lifecycle table and records the event in the
-same transaction.
+implements the same `Store` protocol (docs/store.md), and both pass one test suite
+(tests/store_contract.py). There is no method that sets a node's state: the only way is
+`transition`, which consults the lifecycle table and records the event in the same
+transaction, serialised by the database (never by a process's memory).
 """
 
 from __future__ import annotations
@@ -64,6 +65,21 @@ class Lease:
 
 
 @dataclass(frozen=True)
+class LeaseConflict:
+    """A lease `save_leases` did not write: its address is held by another client."""
+
+    wanted: Lease  # what the caller asked to write (unchanged in the store)
+    held: Lease  # the row that holds the address, as the store has it
+
+    def __str__(self) -> str:
+        return (
+            f"{self.wanted.ip} is held by client {self.held.client_key or '-'} "
+            f"({self.held.mac}, {self.held.state}) until {self.held.expires_at:.0f}; "
+            f"not given to {self.wanted.client_key or '-'} ({self.wanted.mac})"
+        )
+
+
+@dataclass(frozen=True)
 class Token:
     token_hash: str
     hostname: str
@@ -83,6 +99,26 @@ class ImportResult:
     @property
     def changed(self) -> bool:
         return bool(self.added or self.updated or self.retired)
+
+
+class StoreError(RuntimeError):
+    """The store cannot be used; the message says which store and why, for the operator."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be opened: unreachable, refused, or not a store (password hidden)."""
+
+
+class SchemaTooNew(StoreError):
+    """The database was migrated by a newer plasmaboot; this code will not write to it."""
+
+    def __init__(self, found: int, supported: int, where: str) -> None:
+        super().__init__(
+            f"{where} is schema version {found}, newer than this plasmaboot understands "
+            f"({supported}); upgrade plasmaboot, or point it at a store of its own"
+        )
+        self.found = found
+        self.supported = supported
 
 
 class UnknownNode(LookupError):
@@ -111,7 +147,15 @@ class Store(Protocol):
         detail: dict[str, Any] | None = None,
         *,
         expect: State | None = None,
-    ) -> EventRecord: ...
+    ) -> EventRecord:
+        """Apply `event` through the lifecycle table and record it in one transaction.
+
+        Serialised by the database: of two callers (two servers) firing from the same
+        state, the second sees the first's result, and is refused (IllegalTransition) if
+        the event is not legal from there. `expect` refuses it if the node has moved on.
+        """
+        ...
+
     def record(
         self, hostname: str, event: str, actor: str, detail: dict[str, Any] | None = None
     ) -> EventRecord: ...
@@ -124,10 +168,29 @@ class Store(Protocol):
         UnknownNode when there is no such node. The node's state is not touched."""
         ...
 
-    # leases
+    # leases: the address is the primary key; the database refuses double binding
     def leases(self) -> list[Lease]: ...
-    def save_leases(self, leases: Iterable[Lease]) -> None: ...
-    def delete_lease(self, ip: str) -> None: ...
+    def save_leases(self, leases: Iterable[Lease]) -> list[LeaseConflict]:
+        """Write a batch of leases in one transaction; return the ones refused, in order.
+
+        The contract (Kea's shared lease database): the stored row for an address *holds*
+        it while its state is not `released` and it has not expired (`expires_at` > now).
+        A lease is written over a row that holds its address only by the same client:
+        the same non-empty `client_key`, or the same MAC (a machine's firmware, iPXE and
+        OS send different client ids; its reserved address is its MAC's; a decline's
+        quarantine row keeps the MAC). Any other lease for a held address is refused:
+        nothing of it is written and a `LeaseConflict(wanted, held)` comes back; the rest
+        of the batch is written. The database decides (the guard is in the upsert), so of
+        two servers racing for one address exactly one writes. The caller must then treat
+        a refused lease as not bound: NAK or un-bind it, learn `held`, and try the next
+        candidate. Offers are not written.
+        """
+        ...
+
+    def delete_lease(self, ip: str, *, expires_at: float | None = None) -> bool:
+        """Delete the lease row of `ip`; with `expires_at`, only if the row still has the
+        expiry the caller read (another server may have renewed it since). True if deleted."""
+        ...
 
     # agent tokens (stored hashed; claim_token refuses a hash already present)
     def claim_token(self, token: Token) -> bool: ...

@@ -1,4 +1,4 @@
-"""SQLite schema, as an ordered list of migrations.
+"""SQLite schema, as an ordered list of migrations (PostgreSQL's: postgres_migrations.py).
 
 The database records its version in `PRAGMA user_version`; opening a store applies every
 migration above it, each in its own transaction, so a crash mid-upgrade leaves the last
@@ -8,6 +8,8 @@ complete version. Append new migrations; never edit a released one.
 from __future__ import annotations
 
 import sqlite3
+
+from plasmaboot.store.base import SchemaTooNew
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: nodes, their MACs, the lifecycle event log and agent tokens.
@@ -78,10 +80,7 @@ def migrate(conn: sqlite3.Connection, target: int = LATEST) -> int:
     """Bring the schema up to `target`; refuse a database newer than this code."""
     version = current_version(conn)
     if version > LATEST:
-        raise RuntimeError(
-            f"the state database is schema version {version}, newer than this plasmaboot "
-            f"understands ({LATEST}); upgrade plasmaboot or use its own state directory"
-        )
+        raise SchemaTooNew(version, LATEST, "the state database")
     for number in range(version + 1, target + 1):
         script = MIGRATIONS[number - 1]
         conn.execute("BEGIN IMMEDIATE")

@@ -21,6 +21,7 @@ from plasmaboot.store.base import (
     EventRecord,
     ImportResult,
     Lease,
+    LeaseConflict,
     NodeRecord,
     Token,
     UnknownNode,
@@ -356,29 +357,47 @@ class SqliteStore:
 
     # ---- leases ----------------------------------------------------------------
 
+    # The lease guard of the Store protocol, in the upsert: the row is rewritten only when
+    # it does not hold its address (released, expired) or holds it for the same client.
+    _SAVE_LEASE_SQL = (
+        "INSERT INTO leases (ip, client_key, mac, state, expires_at, hostname) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(ip) DO UPDATE SET "
+        "client_key = excluded.client_key, mac = excluded.mac, state = excluded.state, "
+        "expires_at = excluded.expires_at, hostname = excluded.hostname "
+        "WHERE leases.state = 'released' OR leases.expires_at <= ? "
+        "OR (leases.client_key = excluded.client_key AND leases.client_key != '') "
+        "OR leases.mac = excluded.mac"
+    )
+
+    @staticmethod
+    def _lease(r: sqlite3.Row) -> Lease:
+        return Lease(r["ip"], r["client_key"], r["mac"], r["state"], r["expires_at"], r["hostname"])
+
     def leases(self) -> list[Lease]:
-        return [
-            Lease(r["ip"], r["client_key"], r["mac"], r["state"], r["expires_at"], r["hostname"])
-            for r in self._conn.execute("SELECT * FROM leases ORDER BY ip")
-        ]
+        return [self._lease(r) for r in self._conn.execute("SELECT * FROM leases ORDER BY ip")]
 
-    def save_leases(self, leases: Iterable[Lease]) -> None:
-        """Write a batch of leases in one transaction (DHCP group-commits through this)."""
+    def save_leases(self, leases: Iterable[Lease]) -> list[LeaseConflict]:
+        """Write a batch of leases in one transaction (DHCP group-commits through this);
+        the ones refused because another client holds the address come back."""
+        conflicts: list[LeaseConflict] = []
+        now = time.time()
         with self._tx() as conn:
-            conn.executemany(
-                "INSERT INTO leases (ip, client_key, mac, state, expires_at, hostname) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(ip) DO UPDATE SET "
-                "client_key = excluded.client_key, mac = excluded.mac, state = excluded.state, "
-                "expires_at = excluded.expires_at, hostname = excluded.hostname",
-                [
-                    (le.ip, le.client_key, le.mac, le.state, le.expires_at, le.hostname)
-                    for le in leases
-                ],
-            )
+            for le in leases:
+                row = (le.ip, le.client_key, le.mac, le.state, le.expires_at, le.hostname, now)
+                if conn.execute(self._SAVE_LEASE_SQL, row).rowcount == 0:
+                    held = conn.execute("SELECT * FROM leases WHERE ip = ?", (le.ip,)).fetchone()
+                    conflicts.append(LeaseConflict(le, self._lease(held)))
+        return conflicts
 
-    def delete_lease(self, ip: str) -> None:
+    def delete_lease(self, ip: str, *, expires_at: float | None = None) -> bool:
         with self._tx() as conn:
-            conn.execute("DELETE FROM leases WHERE ip = ?", (ip,))
+            if expires_at is None:
+                cur = conn.execute("DELETE FROM leases WHERE ip = ?", (ip,))
+            else:
+                cur = conn.execute(
+                    "DELETE FROM leases WHERE ip = ? AND expires_at = ?", (ip, expires_at)
+                )
+            return cur.rowcount == 1
 
     # ---- tokens ----------------------------------------------------------------
 

@@ -43,6 +43,9 @@ _IPV6_OVERHEAD = 40 + 8 + 4
 _MIN_MTU = 576  # the smallest datagram every IPv4 host must accept (RFC 791)
 _IP_MTU = 14  # linux/in.h IP_MTU; only some Python builds export it
 _IPV6_MTU = 24
+# serve's health probe (serve/health.py) reads this name: answered "file not found" from the
+# loop and socket machines use, but neither counted nor logged (/metrics stays the machines').
+PROBE_FILENAME = ".plasmaboot-health-probe"
 
 
 class TftpServer:
@@ -146,6 +149,9 @@ class TftpServer:
         if opcode is Opcode.WRQ:
             message = "write requests are refused: this server is read-only"
             self._refuse(client, "write", ErrorCode.ACCESS_VIOLATION, message)
+            return
+        if request.filename == PROBE_FILENAME and self._listener is not None:
+            self._listener.sendto(build_error(ErrorCode.FILE_NOT_FOUND, "health probe"), client)
             return
         if client in self._transfers:
             return  # a retransmitted RRQ: the running transfer answers it

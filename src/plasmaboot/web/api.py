@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from plasmaboot.inventory import normalize_mac
 from plasmaboot.lifecycle import Event, IllegalTransition, allowed_events
-from plasmaboot.provision.tokens import TokenRefused
+from plasmaboot.provision.tokens import BOOT_TOKEN_REFUSED, TokenRefused
 from plasmaboot.store import NodeRecord
 from plasmaboot.web.boot import PROVISIONER
 from plasmaboot.web.hardware import InvalidFacts, validated_facts
@@ -136,21 +136,25 @@ def _transition(
 
 
 async def agent_lookup(request: web.Request) -> web.Response:
-    """Boot token + MAC -> node identity and a session token (the boot token is spent)."""
+    """Boot token + MAC -> node identity and a session token (the boot token is spent;
+    an install token only while its node is pxe-booting, once per cycle: else 409)."""
     provisioner = request.app[PROVISIONER]
     body = await parse_body(request, LookupRequest)
     try:
         mac = normalize_mac(body.mac)
     except ValueError as exc:
+        BOOT_TOKEN_REFUSED.labels("lookup", "bad-mac").inc()
         raise error(400, str(exc), field="mac") from None
     record = provisioner.store.node_by_mac(mac)
     if record is None:
+        BOOT_TOKEN_REFUSED.labels("lookup", "unknown-mac").inc()
         raise error(404, f"no node has MAC {mac}")
     token = bearer(request) or ""
     try:
-        session = provisioner.tokens.exchange(token, record.hostname)
+        session = provisioner.tokens.exchange(token, record)
     except TokenRefused as exc:
-        raise error(exc.status, exc.reason) from None
+        extra = {"state": record.state.value} if exc.status == 409 else {}
+        raise error(exc.status, exc.reason, **extra) from None
     spec = provisioner.spec_of(record)
     inv = provisioner.inventory
     return json_response(

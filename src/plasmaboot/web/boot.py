@@ -2,12 +2,18 @@
 
 Images go out through aiohttp's FileResponse, which uses sendfile(2) (zero copy) and
 answers Range and HEAD, so a 256 MiB initrd costs the event loop almost nothing.
+
+The node script route is public, so what it may change is bounded: an unknown MAC is
+recorded within the discovery limits (provision/discovery.py; 429 over them), a boot
+token goes only where web/scripts.py allows (403/409 otherwise), and every refusal is
+plain text with the reason, counted, and records nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import re
 from pathlib import Path
 
@@ -15,7 +21,11 @@ from aiohttp import web
 
 from plasmaboot.inventory import normalize_mac
 from plasmaboot.provision import Provisioner
+from plasmaboot.provision.discovery import DiscoveryRefused
+from plasmaboot.provision.tokens import BOOT_TOKEN_REFUSED
 from plasmaboot.web import scripts
+
+log = logging.getLogger("plasmaboot.http")
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _digests: dict[tuple[str, int, int], str] = {}
@@ -38,9 +48,21 @@ async def node_script(request: web.Request) -> web.Response:
     except ValueError:
         raise web.HTTPBadRequest(text="not a MAC address") from None
     record = provisioner.store.node_by_mac(mac)
-    if record is None:
-        record = provisioner.discover(mac, "http", {"remote": request.remote})
-    return _ipxe(scripts.node_script(provisioner, record, provisioner.spec_of(record)))
+    try:
+        if record is None:
+            record = provisioner.discover_from(mac, request.remote)
+        spec = provisioner.spec_of(record)
+        return _ipxe(scripts.node_script(provisioner, record, spec, request.remote))
+    except DiscoveryRefused as exc:
+        log.warning("http: %s not recorded as discovered: %s", mac, exc.reason)
+        raise web.HTTPTooManyRequests(
+            text=f"plasmaboot: {exc.reason}\n", headers={"Retry-After": str(exc.retry_after)}
+        ) from None
+    except scripts.ScriptRefused as exc:
+        BOOT_TOKEN_REFUSED.labels("script", exc.code).inc()
+        log.warning("http: no boot token for %s from %s: %s", mac, request.remote, exc.reason)
+        refused = web.HTTPForbidden if exc.status == 403 else web.HTTPConflict
+        raise refused(text=f"plasmaboot: {exc.reason}\n") from None
 
 
 async def ipxe_binary(request: web.Request) -> web.StreamResponse:

@@ -26,7 +26,7 @@ OpenStore = Callable[[], Store]
 
 
 def lab_doc() -> dict[str, Any]:
-    data = yaml.safe_load((ROOT / "examples/lab/cluster.yaml").read_text())
+    data = yaml.safe_load((ROOT / "examples/lab/miniature.yaml").read_text())
     assert isinstance(data, dict)
     return data
 
@@ -182,6 +182,26 @@ class StoreContract:
         assert store.events(after=everything[2].id, limit=2) == everything[-2:]
         assert [e.event for e in store.events("node01", limit=2)] == ["tick", "tick"]
         assert store.events(after=everything[-1].id) == []
+
+    def test_events_page_reads_forward_with_filters(self, store: Store) -> None:
+        store.import_inventory(lab())
+        store.transition("node01", Event.PXE_BOOT, "dhcp")
+        store.record("node02", "tick", "test")
+        everything = store.events()
+        assert len(everything) == 6  # 4 enrolls, a pxe-boot, a tick
+        assert store.events_page(0, 2) == everything[:2]  # the oldest, not the newest
+        assert store.events_page(everything[1].id, 3) == everything[2:5]
+        assert store.events_page(everything[-1].id, 10) == []
+        node01 = store.events_page(0, 10, nodes=["node01"])
+        assert [e.event for e in node01] == ["enroll", "pxe-boot"]
+        assert store.events_page(0, 10, nodes=[]) == []
+        both = store.events_page(0, 10, nodes=["node01", "node02"])
+        assert [e.node for e in both] == ["node01", "node02", "node01", "node02"]
+        # before or after the event: pxe-boot left enrolled; the tick was recorded there
+        enrolled = store.events_page(everything[3].id, 10, states=["enrolled"])
+        assert [e.event for e in enrolled] == ["pxe-boot", "tick"]
+        booting = store.events_page(0, 10, nodes=["node01"], states=["pxe-booting"])
+        assert [e.event for e in booting] == ["pxe-boot"]
 
     def test_hardware_is_replaced_and_an_unknown_node_is_refused(self, store: Store) -> None:
         store.import_inventory(lab())

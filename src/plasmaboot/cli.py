@@ -32,6 +32,7 @@ from plasmaboot.operations import cli as operations_cli
 from plasmaboot.pki.cli import app as pki_app
 from plasmaboot.render.cli import render_command
 from plasmaboot.store import NodeRecord, Store, StoreError, open_store
+from plasmaboot.watch.cli import watch_command
 
 app = typer.Typer(no_args_is_help=True, help="Bare-metal provisioning for PlasmaCloud clusters.")
 inventory_app = typer.Typer(no_args_is_help=True, help="Check and import the inventory.")
@@ -44,6 +45,7 @@ app.add_typer(cluster_app, name="cluster", help="Operator checks of the running 
 app.command("render")(render_command)
 app.command("firstboot")(firstboot_command)
 app.command("rollout")(operations_cli.rollout)
+app.command("watch")(watch_command)
 for _command in operations_cli.NODE_COMMANDS:
     node_app.command(_command.__name__)(_command)
 
@@ -154,6 +156,10 @@ def node_show(
     """One node: state, target, MACs and its inventory record."""
     store = _store(state_dir, store_at)
     node = _get_node_or_exit(store, hostname)
+    power = next(
+        (e for e in reversed(store.events(hostname, limit=200)) if e.event.startswith("power-")),
+        None,
+    )
     store.close()
     if as_json:
         print(json.dumps(node.as_json(), indent=2))
@@ -164,6 +170,9 @@ def node_show(
             continue
         shown = json.dumps(value) if isinstance(value, dict | list | tuple) else str(value)
         table.add_row(key, shown)
+    if power is not None:  # `plasmaboot node power` records each action
+        done = f"-> {power.detail.get('state')}" if power.detail.get("ok") else "failed"
+        table.add_row("last power action", f"{power.event} {done} ({_when(power.ts)} UTC)")
     out.print(table)
     if node.hardware is None:
         out.print("hardware: not reported yet (the installer agent reports it at boot)")

@@ -18,7 +18,7 @@ from plasmaboot.lab.runner import Lab
 from plasmaboot.lifecycle import State
 
 ROOT = Path(__file__).resolve().parents[2]
-LAB = ROOT / "examples/lab/cluster.yaml"
+LAB = ROOT / "examples/lab/miniature.yaml"
 BOOT_TIMEOUT_S = 600
 
 pytestmark = [

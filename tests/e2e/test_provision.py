@@ -31,7 +31,7 @@ pytestmark = [
 
 
 def inventory_with_bmc(tmp_path: Path) -> Path:
-    doc = yaml.safe_load((ROOT / "examples/lab/cluster.yaml").read_text())
+    doc = yaml.safe_load((ROOT / "examples/lab/miniature.yaml").read_text())
     doc["nodes"][0]["bmc"] = {
         "address": "127.0.0.1", "port": BMC_PORT, "driver": "ipmi", "username": USER,
         "password_env": "PB_LAB_BMC_PASSWORD",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -81,6 +82,83 @@ def inventory_yaml(
         "images:\n  img: {kernel: k, initrd: i}\n"
         "nodes:\n" + node_lines
     )
+
+
+@dataclass(frozen=True)
+class Rack:
+    """A provisioning network behind a relay: its own subnet, pool, router and lease time."""
+
+    name: str
+    subnet: str  # e.g. 10.232.1.0/24
+    router: str  # the relay's address on the rack segment (its giaddr)
+    pool: tuple[str, str]
+    lease_time: int = 600
+    relays: tuple[str, ...] = ()
+
+
+def fleet_inventory_yaml(
+    interface: str,
+    racks: tuple[Rack, ...],
+    *,
+    nodes: tuple[tuple[str, str, str], ...] = (),
+    subnet: str = "10.231.0.0/24",
+    pool: tuple[str, str] | None = ("10.231.0.100", "10.231.0.150"),
+) -> str:
+    """`inventory_yaml` (the server's own provisioning network) plus one network per rack."""
+    base = inventory_yaml("full", interface, subnet=subnet, pool=pool, nodes=nodes)
+    blocks = "".join(
+        f"  - name: {rack.name}\n    vlan: {101 + i}\n    subnet: {rack.subnet}\n"
+        f"    gateway: {rack.router}\n    dns: [{rack.router}]\n"
+        f"    dhcp: {{mode: full, lease_time: {rack.lease_time}, "
+        f"pool: {{start: {rack.pool[0]}, end: {rack.pool[1]}}}, "
+        f"relays: [{', '.join(rack.relays)}]}}\n"
+        for i, rack in enumerate(racks)
+    )
+    return base.replace("server: {", blocks + "server: {", 1)
+
+
+def dhclient_lease(
+    nets: Namespaces, ns: str, ifname: str, tmp: Path, timeout_s: int = 8
+) -> dict[str, str]:
+    """One dhclient run (-1: give up after `timeout_s`); the last lease it wrote, as
+    {"address": ..., "routers": ..., "subnet-mask": ..., ...}, or {} when it got none."""
+    conf = tmp / f"dhclient-{ifname}.conf"
+    conf.write_text(f"timeout {timeout_s};\nretry 1;\n")
+    leases = tmp / f"dhclient-{ifname}.leases"
+    nets.exec(
+        ns, "dhclient", "-1", "-cf", str(conf), "-sf", "/bin/true", "-lf", str(leases),
+        "-pf", str(tmp / f"dhclient-{ifname}.pid"), ifname, check=False, timeout=timeout_s + 17,
+    )  # fmt: skip
+    text = leases.read_text() if leases.exists() else ""
+    blocks = text.split("lease {")
+    if len(blocks) < 2:
+        return {}
+    last = blocks[-1]
+    found = dict(re.findall(r"option ([\w-]+) ([^;]+);", last))
+    address = re.search(r"fixed-address ([\d.]+);", last)
+    if address:
+        found["address"] = address.group(1)
+    return found
+
+
+def udhcpc_lease(nets: Namespaces, ns: str, ifname: str, tmp: Path) -> dict[str, str]:
+    """One udhcpc run (3 DISCOVERs 1 s apart); what its script saw when bound, or {}."""
+    out = tmp / f"udhcpc-{ifname}.out"
+    script = tmp / f"udhcpc-{ifname}.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'[ "$1" = bound ] && echo "address=$ip routers=$router subnet-mask=$subnet '
+        f'lease-time=$lease" >> {out}\nexit 0\n'
+    )
+    script.chmod(0o755)
+    nets.exec(
+        ns, "udhcpc", "-i", ifname, "-n", "-q", "-f", "-t", "3", "-T", "1", "-s", str(script),
+        check=False, timeout=20,
+    )  # fmt: skip
+    if not out.exists() or not out.read_text().strip():
+        return {}
+    last = out.read_text().strip().splitlines()[-1]
+    return dict(field.split("=", 1) for field in last.split())
 
 
 @dataclass

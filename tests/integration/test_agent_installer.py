@@ -265,7 +265,7 @@ async def serve(provisioner: Provisioner, port: int) -> web.AppRunner:
 
 
 def lab_provisioner(tmp: Path) -> Provisioner:
-    inventory = load_inventory(ROOT / "examples/lab/cluster.yaml")
+    inventory = load_inventory(ROOT / "examples/lab/miniature.yaml")
     state_dir = tmp / "state"
     store = SqliteStore.in_dir(state_dir)
     store.import_inventory(inventory)

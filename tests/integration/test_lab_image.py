@@ -142,7 +142,7 @@ async def run_vm(boot: Boot, disk: Path, log_stem: Path) -> str:
 @pytest.fixture
 async def server(assets: Path, tmp_path: Path) -> AsyncIterator[LabServer]:
     """The real HTTP side of serve (the app `plasmaboot serve` runs) on a loopback port."""
-    inventory = load_inventory(ROOT / "examples/lab/cluster.yaml")
+    inventory = load_inventory(ROOT / "examples/lab/miniature.yaml")
     store = SqliteStore(tmp_path / "db")
     store.import_inventory(inventory)
     for port in PORTS:

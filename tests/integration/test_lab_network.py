@@ -45,7 +45,7 @@ def need_root() -> None:
 def test_rfc4861_6_2_6_a_solicitation_on_the_lab_bridge_gets_an_advert(tmp_path: Path) -> None:
     need_root()
     tag = secrets.token_hex(2)
-    lab = Lab(tmp_path, ROOT / "examples/lab/cluster.yaml", netns=f"pbra{tag}")
+    lab = Lab(tmp_path, ROOT / "examples/lab/miniature.yaml", netns=f"pbra{tag}")
     client, port, host_end = f"pbrc{tag}", f"pbrp{tag}", f"pbrh{tag}"
     try:
         lab.create_network()
@@ -73,7 +73,7 @@ def test_rfc4861_6_2_6_a_solicitation_on_the_lab_bridge_gets_an_advert(tmp_path:
 
 def test_a_new_lab_forgets_the_previous_one_and_refuses_a_running_one(tmp_path: Path) -> None:
     need_root()
-    lab = Lab(tmp_path, ROOT / "examples/lab/cluster.yaml", netns=f"pbrf{secrets.token_hex(2)}")
+    lab = Lab(tmp_path, ROOT / "examples/lab/miniature.yaml", netns=f"pbrf{secrets.token_hex(2)}")
     for leftover in (lab.state_dir / "plasmaboot.db", lab.vm_dir / "node01.qcow2"):
         leftover.parent.mkdir(parents=True)
         leftover.write_text("a previous lab's")
@@ -84,7 +84,7 @@ def test_a_new_lab_forgets_the_previous_one_and_refuses_a_running_one(tmp_path: 
         assert not lab.server_log.exists()
         lab.state_dir.mkdir()
         (lab.state_dir / "plasmaboot.db").write_text("the running lab's")
-        again = Lab(tmp_path, ROOT / "examples/lab/cluster.yaml", netns=lab.network.netns)
+        again = Lab(tmp_path, ROOT / "examples/lab/miniature.yaml", netns=lab.network.netns)
         with pytest.raises(LabError, match="lab down"):
             again.create_network()
         assert (lab.state_dir / "plasmaboot.db").read_text() == "the running lab's"

@@ -1,5 +1,8 @@
 """Every rendered file of both shipped inventories passes the real tool that consumes it.
 
+Also a fleet form (`lab+racks`): the lab plus two rack networks behind relays, one of them
+with a relay address outside its subnet, so every target renders one subnet per network.
+
 Kea and nginx bind/select the inventory's interface and address even with -t, so they run
 in a network namespace of this test's own (pbr-*) holding exactly that interface and address.
 Each validator is also fed a deliberately broken file, to show the check can fail.
@@ -55,10 +58,50 @@ def _lab_with_overrides() -> Inventory:
     return parse_inventory(data)
 
 
-@pytest.fixture(params=[*INVENTORIES, "lab+overrides"])
+def _lab_with_racks() -> Inventory:
+    """The lab plus two rack networks behind relays (a /24 and a /25, one relay address
+    outside its subnet) and a worker on each: several provisioning networks."""
+    import yaml
+
+    data = yaml.safe_load((EXAMPLES / "lab" / "cluster.yaml").read_text())
+    for rack, subnet, prefix, relays in (
+        (1, "10.78.1.0", 24, ["10.79.0.1"]),
+        (2, "10.78.2.0", 25, []),
+    ):
+        base = subnet.rsplit(".", 1)[0]
+        data["networks"].append(
+            {
+                "name": f"rack{rack}",
+                "vlan": 200 + rack,
+                "subnet": f"{subnet}/{prefix}",
+                "gateway": f"{base}.1",
+                "dns": [f"{base}.53"],
+                "dhcp": {
+                    "mode": "full",
+                    "pool": {"start": f"{base}.100", "end": f"{base}.120"},
+                    "lease_time": 900 * rack,
+                    "relays": relays,
+                },
+            }
+        )
+        data["nodes"].append(
+            {
+                "hostname": f"rack{rack}n1",
+                "macs": [f"52:54:00:78:0{rack}:01"],
+                "profile": "worker",
+                "provisioning_ip": f"{base}.20",
+                "disk": "/dev/vda",
+            }
+        )
+    return parse_inventory(data)
+
+
+@pytest.fixture(params=[*INVENTORIES, "lab+overrides", "lab+racks"])
 def inv(request: pytest.FixtureRequest) -> Inventory:
     if request.param == "lab+overrides":
         return _lab_with_overrides()
+    if request.param == "lab+racks":
+        return _lab_with_racks()
     return load_inventory(EXAMPLES / request.param / "cluster.yaml")
 
 
@@ -93,6 +136,17 @@ def server_netns(inv: Inventory) -> Iterator[str]:
         yield name
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def test_every_dhcp_target_has_a_block_per_served_network(inv: Inventory, rendered: Path) -> None:
+    """What the validators below accept holds every network (the lab+racks case has three)."""
+    dhcpd = (rendered / "dhcpd" / "dhcpd.conf").read_text()
+    kea = json.loads((rendered / "kea" / "kea-dhcp4.json").read_text())
+    dnsmasq = (rendered / "dnsmasq" / "dnsmasq.conf").read_text()
+    for net in inv.dhcp_networks:
+        assert f"subnet {net.subnet.network_address} netmask {net.subnet.netmask} {{" in dhcpd
+        assert str(net.subnet) in [s["subnet"] for s in kea["Dhcp4"]["subnet4"]]
+        assert f",{net.subnet.netmask}," in dnsmasq
 
 
 def test_dhcpd_accepts_the_rendered_config(rendered: Path) -> None:

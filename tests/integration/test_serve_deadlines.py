@@ -28,7 +28,7 @@ AUTH = {"Authorization": f"Bearer {ADMIN}"}
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Path]:
-    doc = yaml.safe_load((ROOT / "examples/lab/cluster.yaml").read_text())
+    doc = yaml.safe_load((ROOT / "examples/lab/miniature.yaml").read_text())
     doc["server"]["deadlines"] = {"pxe-booting": 2}
     config = tmp_path / "cluster.yaml"
     config.write_text(yaml.safe_dump(doc))

@@ -48,7 +48,7 @@ ALL_RUNNING = {name: "running" for name in SERVICES}
 
 def lab_copy(tmp_path: Path) -> Path:
     config = tmp_path / "cluster.yaml"
-    config.write_text((ROOT / "examples/lab/cluster.yaml").read_text())
+    config.write_text((ROOT / "examples/lab/miniature.yaml").read_text())
     return config
 
 

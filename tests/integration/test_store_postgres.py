@@ -410,7 +410,7 @@ def test_a_token_issued_by_one_server_is_accepted_once_by_another(db_url: str) -
 
 def test_cli_reads_and_writes_the_shared_store(pg_server: Server, db_url: str) -> None:
     runner = CliRunner()
-    config = str(ROOT / "examples/lab/cluster.yaml")
+    config = str(ROOT / "examples/lab/miniature.yaml")
     imported = runner.invoke(app, ["inventory", "import", "-c", config, "--store", db_url])
     assert imported.exit_code == 0, imported.output
     assert "added: node01, node02, node03, node04" in imported.output
@@ -430,7 +430,7 @@ def test_cli_reads_and_writes_the_shared_store(pg_server: Server, db_url: str) -
 def test_serve_refuses_a_wrong_store_url_before_serving(tmp_path: Path) -> None:
     secret = "serve-password-never-shown"
     url = f"postgresql://{ROLE}:{secret}@127.0.0.1:{_free_port()}/plasmaboot"
-    config = str(ROOT / "examples/lab/cluster.yaml")
+    config = str(ROOT / "examples/lab/miniature.yaml")
     args = ["serve", "-c", config, "--state-dir", str(tmp_path), "--no-dhcp", "--store", url]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1

@@ -101,7 +101,7 @@ async def boot(tmp_path: Path) -> AsyncIterator[BootFactory]:
     started: list[tuple[Client, SqliteStore]] = []
 
     async def start(leases: dict[str, str] | None = None, **limits: int) -> Boot:
-        inv = load_inventory(ROOT / "examples/lab/cluster.yaml")
+        inv = load_inventory(ROOT / "examples/lab/miniature.yaml")
         if limits:
             inv = with_discovery(inv, **limits)
         store = SqliteStore(tmp_path / "db")

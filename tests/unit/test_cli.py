@@ -45,7 +45,7 @@ def test_inventory_check_reports_every_error_of_a_broken_copy(tmp_path: Path) ->
 
 def test_import_list_show_events(tmp_path: Path) -> None:
     state = ["--state-dir", str(tmp_path)]
-    lab = str(ROOT / "examples/lab/cluster.yaml")
+    lab = str(ROOT / "examples/lab/miniature.yaml")
     first = runner.invoke(app, ["inventory", "import", "-c", lab, *state])
     assert first.exit_code == 0 and "added: node01, node02, node03, node04" in first.output
     again = runner.invoke(app, ["inventory", "import", "-c", lab, *state])
@@ -68,7 +68,7 @@ def test_unknown_node_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_node_procedures_refuse_clearly(tmp_path: Path) -> None:
     state = ["--state-dir", str(tmp_path)]
-    lab = ["-c", str(ROOT / "examples/lab/cluster.yaml")]
+    lab = ["-c", str(ROOT / "examples/lab/miniature.yaml")]
     runner.invoke(app, ["inventory", "import", *lab, *state])
     refused = runner.invoke(app, ["node", "maintenance", "node01", *lab, *state])
     assert refused.exit_code == 1

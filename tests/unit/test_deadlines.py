@@ -25,7 +25,7 @@ ALL_ONE = {s.value: 1 for s in State if s not in STABLE_STATES}
 
 
 def lab_doc(**deadlines: int) -> dict[str, Any]:
-    doc: dict[str, Any] = yaml.safe_load((ROOT / "examples/lab/cluster.yaml").read_text())
+    doc: dict[str, Any] = yaml.safe_load((ROOT / "examples/lab/miniature.yaml").read_text())
     if deadlines:
         doc["server"]["deadlines"] = deadlines
     return doc

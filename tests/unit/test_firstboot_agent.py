@@ -97,11 +97,13 @@ def join_doc(**overrides: Any) -> dict[str, Any]:
     return doc
 
 
-def run(fake: FakeChainfire, doc: dict[str, Any], state: Path) -> tuple[ExitCode, list[Any]]:
+def run(
+    fake: FakeChainfire, doc: dict[str, Any], state: Path, only: str | None = None
+) -> tuple[ExitCode, list[Any]]:
     out = io.StringIO()
     configure_logging(out)
     with httpx.Client(transport=httpx.MockTransport(fake.handle)) as client:
-        code = run_firstboot(build_config(doc), state, client)
+        code = run_firstboot(build_config(doc), state, client, only)
     return code, [json.loads(line) for line in out.getvalue().splitlines()]
 
 
@@ -242,6 +244,21 @@ def test_stages_are_reported_with_the_token_and_the_token_is_never_logged(
         ("chainfire", "joined"), ("iam", "skipped"), ("health-check", "done"),
     ]  # fmt: skip
     assert TOKEN not in json.dumps(lines)
+
+
+def test_one_unit_per_stage_reports_joined_only_after_the_health_check(
+    tmp_path: Path,
+) -> None:
+    """The rendered units run `--stage chainfire` then `--stage health`: the node must not
+    be reported joined (active) before its health check has run."""
+    fake = three_node_cluster()
+    doc = join_doc(plasmaboot_url="http://10.0.100.1:8080", agent_token=TOKEN)
+    assert run(fake, doc, tmp_path, only="chainfire")[0] is ExitCode.OK
+    assert [r["stage"] for r in fake.reports] == ["first-boot", "joining"]
+    assert run(fake, doc, tmp_path, only="health")[0] is ExitCode.OK
+    assert [r["stage"] for r in fake.reports] == ["first-boot", "joining", "joined"]
+    stages = fake.reports[-1]["detail"]["stages"]
+    assert [(s["stage"], s["status"]) for s in stages] == [("health-check", "done")]
 
 
 def test_a_failure_is_reported_with_the_failed_stage(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def provisioner(tmp_path: Path, installer: dict[str, Any] | None) -> Provisioner:
-    doc = yaml.safe_load((ROOT / "examples/lab/cluster.yaml").read_text())
+    doc = yaml.safe_load((ROOT / "examples/lab/miniature.yaml").read_text())
     if installer is not None:
         doc["server"]["installer"] = installer
     inv = parse_inventory(doc)
@@ -86,7 +86,7 @@ async def test_without_a_command_the_image_installs_itself(tmp_path: Path) -> No
 
 
 def test_unknown_placeholder_is_refused() -> None:
-    doc = yaml.safe_load((ROOT / "examples/lab/cluster.yaml").read_text())
+    doc = yaml.safe_load((ROOT / "examples/lab/miniature.yaml").read_text())
     doc["server"]["installer"] = {"command": "nixos-anywhere --flake {flake}#{host} root@{ip}"}
     with pytest.raises(InventoryError) as info:
         parse_inventory(doc)

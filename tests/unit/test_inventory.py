@@ -14,7 +14,7 @@ from plasmaboot.inventory import InventoryError, load_inventory, parse_inventory
 from plasmaboot.inventory.ports import PORT_MATRIX, rules_for
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = [ROOT / "examples/plasmacloud/cluster.yaml", ROOT / "examples/lab/cluster.yaml"]
+EXAMPLES = [ROOT / "examples/plasmacloud/cluster.yaml", ROOT / "examples/lab/miniature.yaml"]
 Doc = dict[str, Any]
 
 

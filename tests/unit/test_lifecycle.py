@@ -31,7 +31,7 @@ ILLEGAL = [pair for pair in ALL_PAIRS if pair not in TRANSITIONS]
 def store_with_node_in(tmp_path: Path, state: State) -> SqliteStore:
     """A store whose node01 is in `state`, reached through real transitions only."""
     store = SqliteStore(tmp_path / "db.sqlite")
-    store.import_inventory(load_inventory(ROOT / "examples/lab/cluster.yaml"))
+    store.import_inventory(load_inventory(ROOT / "examples/lab/miniature.yaml"))
     path = _path_to(state)
     for event in path:
         store.transition("node01", event, "test")

@@ -20,7 +20,7 @@ TO_ACTIVE = (Event.PXE_BOOT, Event.INSTALLER_BOOTED, Event.INSTALLED, Event.FIRS
 
 @pytest.fixture
 def ops(tmp_path: Path) -> NodeOperations:
-    inv = load_inventory(ROOT / "examples/lab/cluster.yaml")
+    inv = load_inventory(ROOT / "examples/lab/miniature.yaml")
     store = SqliteStore(tmp_path / "db")
     store.import_inventory(inv)
     for name in ("node01", "node02", "node03"):
@@ -35,8 +35,8 @@ def state(ops: NodeOperations, name: str) -> State:
     return record.state
 
 
-def test_drain_then_activate(ops: NodeOperations) -> None:
-    ops.drain("node01")
+async def test_drain_then_activate(ops: NodeOperations) -> None:
+    await ops.drain("node01")
     assert state(ops, "node01") is State.MAINTENANCE
     assert [e.event for e in ops.store.events("node01")][-2:] == ["drain", "drained"]
     ops.activate("node01")

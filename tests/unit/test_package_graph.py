@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 LAYERS = (
     "files", "lifecycle", "inventory", "cli_common", "boot", "store", "pki", "agent",
     "firstboot", "render", "power", "provision", "install", "cluster", "dhcp", "tftp",
-    "web", "lab", "operations", "serve", "cli", "__main__",
+    "web", "lab", "operations", "watch", "serve", "cli", "__main__",
 )  # fmt: skip
 
 

@@ -24,7 +24,7 @@ URL = "http://10.77.0.1:8080"
 
 
 def lab(target_os: str = "nixos") -> Inventory:
-    doc = yaml.safe_load((ROOT / "examples/lab/cluster.yaml").read_text())
+    doc = yaml.safe_load((ROOT / "examples/lab/miniature.yaml").read_text())
     doc["server"]["installer"] = {"target_os": target_os}
     return parse_inventory(doc)
 

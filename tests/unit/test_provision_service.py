@@ -28,7 +28,7 @@ def transitions(event: Event, to: State) -> float:
 
 @pytest.fixture
 def provisioner(tmp_path: Path) -> Provisioner:
-    inv = load_inventory(ROOT / "examples/lab/cluster.yaml")
+    inv = load_inventory(ROOT / "examples/lab/miniature.yaml")
     store = SqliteStore(tmp_path / "db")
     store.import_inventory(inv)
     settings = ProvisionerSettings(tmp_path, tmp_path, tmp_path, "http://10.77.0.1:8080")

@@ -75,7 +75,7 @@ def bearer(token: str) -> dict[str, str]:
 
 @pytest.fixture
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    inv = load_inventory(ROOT / "examples/lab/cluster.yaml")
+    inv = load_inventory(ROOT / "examples/lab/miniature.yaml")
     store = SqliteStore(tmp_path / "db")
     store.import_inventory(inv)
     assets = tmp_path / "assets" / "lab"

@@ -1,7 +1,10 @@
-"""``plasmaboot cluster``: verify (members, leader, health, cert expiry) and remove."""
+"""``plasmaboot cluster``: verify (members, leader, health, cert expiry), remove, backup
+and restore (runbook 9.3/9.4)."""
 
 from __future__ import annotations
 
+import datetime as dt
+import enum
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -10,15 +13,30 @@ from typing import Annotated
 import httpx
 import typer
 from rich.console import Console
+from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
+from plasmaboot.cli_common import load_or_exit
+from plasmaboot.cluster.backup import MANIFEST, BackupError, ProgressCallback, take_backup
 from plasmaboot.cluster.membership import remove_member
+from plasmaboot.cluster.restore import (
+    LocalRunner,
+    NodeRunner,
+    RestoreError,
+    SshRunner,
+    plan_restore,
+    restore_members,
+    run_plan,
+    verify_backup,
+)
 from plasmaboot.cluster.verify import ClusterReport, verify_cluster
 from plasmaboot.firstboot.backends import MembershipError, make_backend
 from plasmaboot.firstboot.backends.base import http_client
 from plasmaboot.firstboot.config import ConfigError, FirstBootConfig, load_config
+from plasmaboot.firstboot.retry import Backoff
+from plasmaboot.render.etcd import STORE_SERVICE
 
-app = typer.Typer(help="Check and change cluster membership.")
+app = typer.Typer(help="Check and change cluster membership; back up and restore the store.")
 
 ConfigOption = Annotated[
     Path, typer.Option("--config", "-c", help="A node's cluster-config.json (URLs + TLS).")
@@ -126,3 +144,162 @@ def remove_command(
             raise typer.Exit(code=1) from error
     for svc in removed:
         typer.echo(f"{svc}: removed {name}")
+
+
+@app.command("backup")
+def backup_command(
+    config: ConfigOption,
+    out: Annotated[
+        Path, typer.Option("--out", help="A new (or empty) directory for snapshot + manifest.")
+    ],
+    service: ServiceOption = None,
+) -> None:
+    """Runbook 9.4: a consistent snapshot of the store through its API, with a manifest.
+
+    Taken from the leader (else a healthy member), written atomically (0600), checked
+    against its sha256 trailer and with etcdctl when installed; a failure leaves nothing.
+    """
+    plan = _load(config)
+    console = Console(stderr=True)
+    columns = (*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn())
+    with (
+        _client(plan, config) as client,
+        Progress(*columns, console=console, transient=True) as progress,
+    ):
+
+        def track(name: str) -> ProgressCallback:
+            task = progress.add_task(f"{name} snapshot", total=None)
+            return lambda done, total: progress.update(task, completed=done, total=total)
+
+        try:
+            result = take_backup(plan, client, out, service, track)
+        except (BackupError, OSError) as error:
+            typer.echo(f"error: {error}; nothing was written to {out}", err=True)
+            raise typer.Exit(code=1) from error
+    for entry in result.manifest["snapshots"]:
+        member, status = entry["member"], entry["etcdctl_status"]
+        checked = "sha256 trailer" + (
+            f", etcdctl snapshot status (revision {status['revision']}, "
+            f"{status['total_keys']} keys)"
+            if status
+            else " (etcdctl not installed)"
+        )
+        typer.echo(
+            f"{entry['service']}: {entry['size']} bytes from {member['name']} "
+            f"({member['role']}, {member['client_url']}), cluster {entry['cluster_id']}, "
+            f"revision {entry['revision']}; verified: {checked}; sha256 {entry['sha256']}"
+        )
+    typer.echo(f"backup written to {result.directory} ({MANIFEST} lists it)")
+
+
+class RunnerKind(enum.StrEnum):
+    ssh = "ssh"
+    local = "local"
+
+
+def _wait_verified(verify_config: Path, expect: int, wait_s: float) -> bool:
+    plan = _load(verify_config)
+    svc = next((s for s in plan.services if s.service == STORE_SERVICE), None)
+    if svc is None:
+        typer.echo(f"error: {verify_config}: no {STORE_SERVICE} service in it", err=True)
+        return False
+    problems: list[str] = []
+    with _client(plan, verify_config) as client:
+        backend = make_backend(svc, client)
+        for _ in Backoff(1.0, 5.0).until(wait_s):
+            urls = [svc.client_url, *svc.candidate_urls()]
+            report = verify_cluster(svc.service, backend, urls, expect)
+            if report.ok:
+                names = ", ".join(sorted(m.name for m in report.members))
+                typer.echo(f"verified: {len(report.members)} healthy members ({names}), 1 leader")
+                return True
+            problems = report.problems
+    typer.echo(f"error: not healthy within {wait_s:.0f}s: {'; '.join(problems)}", err=True)
+    return False
+
+
+@app.command("restore")
+def restore_command(
+    backup: Annotated[Path, typer.Option("--backup", help="A directory `backup` wrote.")],
+    inventory: Annotated[
+        Path, typer.Option("-c", "--config", help="The inventory (cluster.yaml).")
+    ],
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Replace every member's data with the backup.")
+    ] = False,
+    runner: Annotated[
+        RunnerKind,
+        typer.Option(help="ssh: as root on each node; local: this machine, see --local-root."),
+    ] = RunnerKind.ssh,
+    local_root: Annotated[
+        Path | None,
+        typer.Option("--local-root", help="local runner: member NAME's files are in DIR/NAME/."),
+    ] = None,
+    ssh_option: Annotated[
+        list[str] | None,
+        typer.Option("--ssh-option", help="Extra ssh -o OPTION, e.g. IdentityFile=KEY, Port=N."),
+    ] = None,
+    verify_config: Annotated[
+        Path | None,
+        typer.Option("--verify-config", help="A cluster-config.json: wait for a healthy cluster."),
+    ] = None,
+    wait_s: Annotated[float, typer.Option("--wait-s", help="How long to wait for it.")] = 120.0,
+) -> None:
+    """Runbook 9.3 (complete cluster loss): rebuild every store member from a backup.
+
+    Verifies the backup first; then, phase by phase on every member of the inventory's
+    cluster: check etcdctl, stop etcd, `etcdctl snapshot restore` into a fresh directory,
+    swap it in (the old one is kept), start etcd. Without --yes it only prints the plan.
+    """
+    inv = load_or_exit(inventory)
+    try:
+        verified = verify_backup(backup)
+        members = restore_members(inv)
+    except RestoreError as error:
+        typer.echo(f"error: {error}; nothing was touched", err=True)
+        raise typer.Exit(code=1) from error
+    if verified.cluster_name and verified.cluster_name != inv.cluster.name:
+        typer.echo(
+            f"error: {backup} is a backup of cluster {verified.cluster_name}, {inventory} "
+            f"describes {inv.cluster.name}; pass the matching inventory; nothing was touched",
+            err=True,
+        )
+        raise typer.Exit(code=1)
+    entry = verified.entry
+    typer.echo(
+        f"backup {backup}: {STORE_SERVICE} snapshot of revision {entry.get('revision')} from "
+        f"{entry.get('member', {}).get('name')}, taken {verified.created}; sha256 verified"
+    )
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    steps = plan_restore(members, verified.snapshot, stamp)
+    if not yes:
+        for step in steps:
+            typer.echo(f"  [{step.phase}] {step.member.name}: {step.what}")
+        typer.echo(
+            f"refused: this replaces the data of {', '.join(m.name for m in members)} with the "
+            f"backup (every write since {verified.created} is lost); pass --yes to do it",
+            err=True,
+        )
+        raise typer.Exit(code=1)
+    node_runner: NodeRunner
+    if runner is RunnerKind.local:
+        if local_root is None:
+            typer.echo("error: --runner local needs --local-root DIR", err=True)
+            raise typer.Exit(code=2)
+        node_runner = LocalRunner(local_root)
+    else:
+        node_runner = SshRunner(ssh_option or ())
+    try:
+        run_plan(steps, node_runner, typer.echo)
+    except RestoreError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=1) from error
+    typer.echo(f"restored {len(members)} members from {backup}")
+    if verify_config is not None:
+        if not _wait_verified(verify_config, len(members), wait_s):
+            raise typer.Exit(code=1)
+    else:
+        typer.echo(
+            "next: plasmaboot cluster verify -c cluster-config.json "
+            f"--expect-members {len(members)}"
+        )

@@ -62,6 +62,9 @@ async def _serve(server: DhcpServer, config: Path) -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await stopping.wait()
     await server.stop()
+    # What /metrics would have shown (requests per type, drops by reason), for the record.
+    stats = " ".join(f"{name}={value}" for name, value in sorted(server.stats.items()))
+    print(f"dhcp stopped: {stats}", flush=True)
 
 
 def _reload(server: DhcpServer, config: Path) -> None:

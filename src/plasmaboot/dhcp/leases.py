@@ -9,8 +9,8 @@ not written: an offer lost in a crash is at worst NAKed later, never handed out 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 
 from plasmaboot.store import Lease
@@ -29,8 +29,37 @@ class FixedHost:
     hostname: str
 
 
+@dataclass(frozen=True)
+class AddressScope:
+    """One served network as the allocator sees it: subnet, dynamic pool, lease time."""
+
+    subnet: IPv4Network
+    pool: tuple[IPv4Address, IPv4Address] | None
+    lease_time: int
+
+
+@dataclass
+class _Pool:
+    """A scope's walk state: the next never-tried address and the freed ones."""
+
+    scope: AddressScope
+    first: int = 0
+    last: int = -1
+    cursor: int = 0
+    free: deque[IPv4Address] = field(default_factory=deque)
+
+    def __post_init__(self) -> None:
+        if self.scope.pool is not None:
+            self.first, self.last = int(self.scope.pool[0]), int(self.scope.pool[1])
+        self.cursor = self.first
+
+    def holds(self, ip: IPv4Address) -> bool:
+        return self.first <= int(ip) <= self.last
+
+
 class LeaseAllocator:
-    """Dynamic pool + fixed hosts for one subnet; never gives one address to two clients."""
+    """Dynamic pools + fixed hosts for one subnet or several (one scope per served
+    network); never gives one address to two clients, and one client one address."""
 
     def __init__(
         self,
@@ -40,30 +69,58 @@ class LeaseAllocator:
         lease_time: int,
         reserved: Iterable[IPv4Address] = (),
     ) -> None:
-        self.subnet = subnet
-        self.lease_time = lease_time
+        """One subnet; `for_scopes` builds one for several networks."""
         self._leases: dict[IPv4Address, Lease] = {}
         self._by_key: dict[str, IPv4Address] = {}
-        self._free: deque[IPv4Address] = deque()
         self.dirty: dict[IPv4Address, Lease] = {}
-        self.configure(pool, fixed, reserved)
+        self.configure([AddressScope(subnet, pool, lease_time)], fixed, reserved)
+
+    @classmethod
+    def for_scopes(
+        cls,
+        scopes: Sequence[AddressScope],
+        fixed: Mapping[str, FixedHost],
+        reserved: Iterable[IPv4Address] = (),
+    ) -> LeaseAllocator:
+        first = scopes[0]
+        allocator = cls(first.subnet, first.pool, fixed, first.lease_time, reserved)
+        allocator.configure(scopes, fixed, reserved)
+        return allocator
 
     def configure(
         self,
-        pool: tuple[IPv4Address, IPv4Address] | None,
+        scopes: Sequence[AddressScope],
         fixed: Mapping[str, FixedHost],
         reserved: Iterable[IPv4Address] = (),
     ) -> None:
-        """(Re)set the pool and fixed hosts; existing leases are kept (SIGHUP reload)."""
-        self._pool = (int(pool[0]), int(pool[1])) if pool else None
+        """(Re)set the scopes and fixed hosts; existing leases are kept (SIGHUP reload)."""
+        if not scopes:
+            raise ValueError("a lease allocator needs at least one scope")
+        self._pools = [_Pool(scope) for scope in scopes]
+        # Subnets are disjoint (inventory validation): a subnet's network address is its key.
+        self._by_subnet = {
+            (int(p.scope.subnet.network_address), p.scope.subnet.prefixlen): p for p in self._pools
+        }
+        lengths = sorted({p.scope.subnet.prefixlen for p in self._pools}, reverse=True)
+        self._masks = [(n, (0xFFFFFFFF << (32 - n)) & 0xFFFFFFFF) for n in lengths]
         self._fixed = dict(fixed)
         self._fixed_ips = {host.ip: host for host in fixed.values()}
-        self._reserved = set(reserved) | {
-            self.subnet.network_address,
-            self.subnet.broadcast_address,
-        }
-        self._cursor = self._pool[0] if self._pool else 0
-        self._free.clear()
+        self._reserved = set(reserved)
+        for p in self._pools:
+            self._reserved |= {p.scope.subnet.network_address, p.scope.subnet.broadcast_address}
+
+    @property
+    def subnet(self) -> IPv4Network:
+        """The first scope's subnet (the only one in the single-network form)."""
+        return self._pools[0].scope.subnet
+
+    def _pool_of(self, ip: IPv4Address) -> _Pool | None:
+        number = int(ip)
+        for length, mask in self._masks:
+            found = self._by_subnet.get((number & mask, length))
+            if found is not None:
+                return found
+        return None
 
     def load(self, leases: Iterable[Lease]) -> None:
         """Adopt the store's leases at start-up."""
@@ -95,52 +152,61 @@ class LeaseAllocator:
         return [le for le in self._leases.values() if le.state == "bound" and le.expires_at > now]
 
     def in_pool(self, ip: IPv4Address) -> bool:
-        return self._pool is not None and self._pool[0] <= int(ip) <= self._pool[1]
+        pool = self._pool_of(ip)
+        return pool is not None and pool.holds(ip)
 
     def _usable_by(self, ip: IPv4Address, key: str, mac: str, now: float) -> bool:
         """May `ip` go to this client right now?"""
-        if ip in self._reserved or ip not in self.subnet:
+        if ip in self._reserved:
+            return False
+        pool = self._pool_of(ip)
+        if pool is None:
             return False
         host = self._fixed_ips.get(ip)
         if host is not None:
             # The node's address, whatever client id its firmware stage sends (PXE, HTTP
             # boot, iPXE and the OS each pick their own option 61).
             return host.mac == mac
-        if not self.in_pool(ip):
+        if not pool.holds(ip):
             return False
         lease = self._leases.get(ip)
         if lease is None or lease.client_key == key:
             return True
         return lease.state == "released" or lease.expires_at <= now
 
-    def _next_free(self, key: str, mac: str, now: float) -> IPv4Address | None:
-        while self._free:
-            ip = self._free.popleft()
+    def _next_free(self, pool: _Pool, key: str, mac: str, now: float) -> IPv4Address | None:
+        while pool.free:
+            ip = pool.free.popleft()
             if self._usable_by(ip, key, mac, now):
                 return ip
-        if self._pool is None:
+        if pool.scope.pool is None:
             return None
-        while self._cursor <= self._pool[1]:
-            ip = IPv4Address(self._cursor)
-            self._cursor += 1
+        while pool.cursor <= pool.last:
+            ip = IPv4Address(pool.cursor)
+            pool.cursor += 1
             if self._usable_by(ip, key, mac, now):
                 return ip
-        self._sweep(now)
-        return self._free.popleft() if self._free else None
+        self._sweep(pool, now)
+        return pool.free.popleft() if pool.free else None
 
-    def _sweep(self, now: float) -> None:
+    def _sweep(self, pool: _Pool, now: float) -> None:
         """Pool walked once: collect expired and released addresses, oldest expiry first."""
-        if self._pool is None:
+        if pool.scope.pool is None:
             return
         candidates = [
             le
             for le in self._leases.values()
             if (le.state == "released" or le.expires_at <= now)
-            and self.in_pool(IPv4Address(le.ip))
+            and pool.holds(IPv4Address(le.ip))
             and IPv4Address(le.ip) not in self._fixed_ips
         ]
         candidates.sort(key=lambda le: le.expires_at)
-        self._free.extend(IPv4Address(le.ip) for le in candidates[:_SWEEP_BATCH])
+        pool.free.extend(IPv4Address(le.ip) for le in candidates[:_SWEEP_BATCH])
+
+    def _freed(self, ip: IPv4Address) -> None:
+        pool = self._pool_of(ip)
+        if pool is not None:
+            pool.free.append(ip)
 
     def _remember(self, ip: IPv4Address, lease: Lease, durable: bool, now: float) -> Lease:
         self._leases[ip] = lease
@@ -164,21 +230,33 @@ class LeaseAllocator:
             released = replace(old, state="released", expires_at=min(old.expires_at, now))
             self._leases[ip] = released
             self.dirty[ip] = released
-        self._free.append(ip)
+        self._freed(ip)
 
     def offer(
-        self, key: str, mac: str, requested: IPv4Address | None, now: float
+        self,
+        key: str,
+        mac: str,
+        requested: IPv4Address | None,
+        now: float,
+        subnet: IPv4Network | None = None,
     ) -> IPv4Address | None:
-        """An address for a DISCOVER: fixed, the client's own, the requested one, or a new one."""
+        """An address for a DISCOVER: fixed, the client's own, the requested one, or a new
+        one, on `subnet` (the request's network; the first scope's when not given)."""
+        pool = self._pool_of(subnet.network_address) if subnet is not None else self._pools[0]
+        if pool is None:
+            return None
         host = self._fixed.get(mac)
         if host is not None:
             candidates = [host.ip]
         else:
             current = self._by_key.get(key)
             candidates = [ip for ip in (current, requested) if ip is not None]
-        ip = next((c for c in candidates if self._usable_by(c, key, mac, now)), None)
+        on_link = pool.scope.subnet
+        ip = next(
+            (c for c in candidates if c in on_link and self._usable_by(c, key, mac, now)), None
+        )
         if ip is None and host is None:
-            ip = self._next_free(key, mac, now)
+            ip = self._next_free(pool, key, mac, now)
         if ip is None:
             return None
         held = self._leases.get(ip)
@@ -196,7 +274,9 @@ class LeaseAllocator:
             return None
         host = self._fixed_ips.get(ip)
         name = host.hostname if host else hostname
-        lease = Lease(str(ip), key, mac, "bound", now + self.lease_time, name)
+        pool = self._pool_of(ip)
+        lease_time = pool.scope.lease_time if pool is not None else self._pools[0].scope.lease_time
+        lease = Lease(str(ip), key, mac, "bound", now + lease_time, name)
         return self._remember(ip, lease, True, now)
 
     def forget_offer(self, key: str) -> None:
@@ -206,7 +286,7 @@ class LeaseAllocator:
         if ip is not None and lease is not None and lease.state == "offered":
             del self._leases[ip]
             del self._by_key[key]
-            self._free.append(ip)
+            self._freed(ip)
 
     def decline(self, key: str, ip: IPv4Address, now: float) -> Lease | None:
         """RFC 2131 4.3.3: the address is in use by someone else; quarantine it."""
@@ -227,7 +307,7 @@ class LeaseAllocator:
         released = replace(lease, state="released", expires_at=now)
         self._leases[ip] = released
         self.dirty[ip] = released
-        self._free.append(ip)
+        self._freed(ip)
         return released
 
     def drain_dirty(self) -> list[Lease]:

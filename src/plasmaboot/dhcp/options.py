@@ -2,7 +2,8 @@
 
 Options travel as raw bytes in `DhcpPacket.options`; these helpers turn the few that
 drive decisions (RFC 2132, RFC 4578 93/94/97, RFC 3004 user class, iPXE 175, RFC 3046
-relay info) into values, and build the encapsulated ones plasmaboot sends back.
+relay info, RFC 3011 subnet selection) into values, and build the encapsulated ones
+plasmaboot sends back.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Opt(IntEnum):
     CLIENT_ARCH = 93
     CLIENT_NDI = 94
     CLIENT_UUID = 97
+    SUBNET_SELECTION = 118  # RFC 3011
     IPXE = 175
     END = 255
 
@@ -59,6 +61,7 @@ class MessageType(IntEnum):
 
 IPXE_NO_PXEDHCP = 176  # iPXE 175.176: do not wait for ProxyDHCP offers
 PXE_DISCOVERY_CONTROL = 6  # PXE spec option 43.6
+RELAY_LINK_SELECTION = 5  # RFC 3527 option 82.5
 RELAY_SOURCE_PORT = 19  # RFC 8357 option 82.19
 
 

@@ -1,7 +1,11 @@
 """RFC 2131 server behaviour as a pure function of (request, leases, node states, config).
 
 No sockets here: the server feeds decoded packets in and sends the `Reply` it gets back,
-so every RFC clause is testable without root.
+so every RFC clause is testable without root. Each request is first given its network
+(`networks.NetworkMap.select`: RFC 3527 link selection, RFC 3011 subnet selection, giaddr,
+ciaddr, receiving interface); its reply carries that network's mask, router, DNS and lease
+time, and its address comes from that network. A request of no served network is dropped
+and counted under the reason (`foreign_relay`, `foreign_link_selection`, ...).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from plasmaboot.boot.policy import BootKind, ClientFacts, dhcp_boot
 from plasmaboot.dhcp import options as o
 from plasmaboot.dhcp.config import ServingConfig
 from plasmaboot.dhcp.leases import LeaseAllocator
+from plasmaboot.dhcp.networks import ServedNetwork
 from plasmaboot.dhcp.options import MessageType, Opt
 from plasmaboot.dhcp.packet import (
     BOOTREPLY,
@@ -64,25 +69,6 @@ def _is_netboot(facts: ClientFacts) -> bool:
     return facts.is_ipxe or (facts.vendor_class or "").startswith(_NETBOOT_VENDORS)
 
 
-def _network_options(cfg: ServingConfig) -> tuple[dict[int, bytes], dict[int, bytes]]:
-    """(lease times, network options) as wire bytes: the same for every reply."""
-    times: dict[int, bytes] = {
-        Opt.LEASE_TIME: o.u32(cfg.lease_time),
-        Opt.RENEWAL_TIME: o.u32(cfg.lease_time // 2),
-        Opt.REBINDING_TIME: o.u32(cfg.lease_time * 7 // 8),
-    }
-    network: dict[int, bytes] = {Opt.SUBNET_MASK: cfg.subnet.netmask.packed}
-    if cfg.router is not None:
-        network[Opt.ROUTER] = cfg.router.packed
-    if cfg.dns:
-        network[Opt.DNS] = o.ip_list(cfg.dns)
-    network[Opt.BROADCAST] = cfg.subnet.broadcast_address.packed
-    network[Opt.DOMAIN_NAME] = cfg.domain.encode()
-    if cfg.ntp:
-        network[Opt.NTP] = o.ip_list(cfg.ntp)
-    return times, network
-
-
 def client_key(request: DhcpPacket) -> str:
     """Option 61 when present (RFC 2132 9.14), else the hardware address."""
     client_id = request.options.get(Opt.CLIENT_ID)
@@ -106,33 +92,46 @@ class Responder:
         self.server_port = server_port
         self.client_port = 68 if server_port == 67 else server_port + 1
         self.stats: Counter[str] = Counter()
-        self._options_for: ServingConfig | None = None
-        self._times: dict[int, bytes] = {}
-        self._network: dict[int, bytes] = {}
 
     def respond(
-        self, request: DhcpPacket, source: tuple[str, int], now: float, *, pxe_port: bool = False
+        self,
+        request: DhcpPacket,
+        source: tuple[str, int],
+        now: float,
+        *,
+        pxe_port: bool = False,
+        interface: str | None = None,
     ) -> Reply | None:
+        """The reply to `request`, received from `source` on `interface`, or None."""
         kind = request.message_type
         if request.op != BOOTREQUEST or kind is None or request.htype != 1:
             self.stats["ignored"] += 1
             return None
         self.stats[kind.name.lower()] += 1
-        if request.giaddr != UNSPECIFIED and request.giaddr not in self.config.subnet:
-            self.stats["foreign_relay"] += 1  # a network nobody named: stay silent
+        choice = self.config.networks.select(request, interface)
+        net = choice.network
+        if net is None:
+            self.stats[choice.reason] += 1  # a network nobody named: stay silent
             return None
         if self.config.proxy or pxe_port:
             return self._proxy(request, kind, source, pxe_port)
         node = self.nodes(request.mac)
-        if self.config.mode == "reservation" and self.allocator.fixed_for(request.mac) is None:
+        fixed = self.allocator.fixed_for(request.mac)
+        if net.mode == "reservation" and fixed is None:
             self.stats["unknown_mac"] += 1
             return None
+        if fixed is not None and fixed.ip not in net.subnet and kind is not MessageType.RELEASE:
+            # The node is reserved on another network: never an address from this one.
+            self.stats["fixed_on_other_network"] += 1
+            if kind is MessageType.REQUEST:
+                return self._nak(request, f"{fixed.ip} is not on {net.subnet}")
+            return None
         if kind is MessageType.DISCOVER:
-            return self._discover(request, node, now, source)
+            return self._discover(request, node, now, source, net)
         if kind is MessageType.REQUEST:
-            return self._request(request, node, now, source)
+            return self._request(request, node, now, source, net)
         if kind is MessageType.INFORM:
-            return self._inform(request, node, source)
+            return self._inform(request, node, source, net)
         if kind is MessageType.DECLINE:
             ip = o.ip_value(request.options.get(Opt.REQUESTED_IP))
             if ip is not None:
@@ -146,20 +145,30 @@ class Responder:
     # ---- message handlers -----------------------------------------------------------
 
     def _discover(
-        self, request: DhcpPacket, node: NodeView | None, now: float, source: tuple[str, int]
+        self,
+        request: DhcpPacket,
+        node: NodeView | None,
+        now: float,
+        source: tuple[str, int],
+        net: ServedNetwork,
     ) -> Reply | None:
         requested = o.ip_value(request.options.get(Opt.REQUESTED_IP))
-        ip = self.allocator.offer(client_key(request), request.mac, requested, now)
+        ip = self.allocator.offer(client_key(request), request.mac, requested, now, net.subnet)
         if ip is None:
             self.stats["pool_exhausted"] += 1
             return None
         reply = self._reply(request, MessageType.OFFER, yiaddr=ip)
-        self._add_lease_options(reply, node)
+        self._add_lease_options(reply, node, net)
         self._add_boot(request, _facts(request), reply, node)
         return self._route(request, reply, source, durable=False)
 
     def _request(
-        self, request: DhcpPacket, node: NodeView | None, now: float, source: tuple[str, int]
+        self,
+        request: DhcpPacket,
+        node: NodeView | None,
+        now: float,
+        source: tuple[str, int],
+        net: ServedNetwork,
     ) -> Reply | None:
         key = client_key(request)
         server_id = o.ip_value(request.options.get(Opt.SERVER_ID))
@@ -170,13 +179,13 @@ class Responder:
         wanted = requested if requested is not None else request.ciaddr
         if wanted == UNSPECIFIED:
             return self._nak(request, "REQUEST names no address (option 50 or ciaddr)")
-        if wanted not in self.config.subnet:
-            return self._nak(request, f"{wanted} is not on {self.config.subnet}")
+        if wanted not in net.subnet:
+            return self._nak(request, f"{wanted} is not on {net.subnet}")
         lease = self.allocator.bind(key, request.mac, wanted, now, node.hostname if node else None)
         if lease is None:
             return self._nak(request, f"{wanted} is not this client's address")
         reply = self._reply(request, MessageType.ACK, yiaddr=wanted)
-        self._add_lease_options(reply, node)
+        self._add_lease_options(reply, node, net)
         facts = _facts(request)
         self._add_boot(request, facts, reply, node)
         if node is not None and _is_netboot(facts):
@@ -185,11 +194,15 @@ class Responder:
         return self._route(request, reply, source, durable=True)
 
     def _inform(
-        self, request: DhcpPacket, node: NodeView | None, source: tuple[str, int]
+        self,
+        request: DhcpPacket,
+        node: NodeView | None,
+        source: tuple[str, int],
+        net: ServedNetwork,
     ) -> Reply | None:
         """RFC 2131 3.4: configuration only, no lease, no yiaddr, sent to ciaddr."""
         reply = self._reply(request, MessageType.ACK, yiaddr=UNSPECIFIED)
-        self._add_lease_options(reply, node, with_times=False)
+        self._add_lease_options(reply, node, net, with_times=False)
         self._add_boot(request, _facts(request), reply, node)
         return self._route(request, reply, source, durable=False)
 
@@ -241,18 +254,24 @@ class Responder:
         relay_info = request.options.get(Opt.RELAY_AGENT)
         if relay_info is not None and request.giaddr != UNSPECIFIED:
             reply.options[Opt.RELAY_AGENT] = relay_info  # RFC 3046 2.2
+        subnet_selection = request.options.get(Opt.SUBNET_SELECTION)
+        if subnet_selection is not None:
+            reply.options[Opt.SUBNET_SELECTION] = subnet_selection  # RFC 3011 3: echoed
         self.stats[f"sent_{kind.name.lower()}"] += 1
         return reply
 
     def _add_lease_options(
-        self, reply: DhcpPacket, node: NodeView | None, *, with_times: bool = True
+        self,
+        reply: DhcpPacket,
+        node: NodeView | None,
+        net: ServedNetwork,
+        *,
+        with_times: bool = True,
     ) -> None:
-        if self._options_for is not self.config:  # built once per (re)loaded config
-            self._times, self._network = _network_options(self.config)
-            self._options_for = self.config
+        """The network's mask, router, DNS, ... (bytes built once per loaded config)."""
         if with_times:
-            reply.options.update(self._times)
-        reply.options.update(self._network)
+            reply.options.update(net.times)
+        reply.options.update(net.options)
         fixed = self.allocator.fixed_for(reply.mac)
         hostname = node.hostname if node else fixed.hostname if fixed else None
         if hostname is not None:

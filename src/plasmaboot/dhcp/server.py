@@ -14,7 +14,6 @@ import logging
 import socket
 import time
 from collections import Counter
-from ipaddress import IPv4Address
 from typing import Any
 
 from plasmaboot.boot.policy import ClientFacts
@@ -72,12 +71,8 @@ class DhcpServer:
         self._http_base = http_base
         self._chain = chain_when_on_disk
         self.config = self._config(inv)
-        self.allocator = LeaseAllocator(
-            self.config.subnet,
-            self.config.pool,
-            self.config.fixed,
-            self.config.lease_time,
-            self._reserved(self.config),
+        self.allocator = LeaseAllocator.for_scopes(
+            self.config.scopes, self.config.fixed, self.config.reserved
         )
         self.responder = Responder(
             self.config, self.allocator, self._node, self._pxe_seen, server_port=port
@@ -95,10 +90,6 @@ class DhcpServer:
         return ServingConfig.from_inventory(
             inv, proxy=self._proxy_arg, http_base=self._http_base, chain_when_on_disk=self._chain
         )
-
-    @staticmethod
-    def _reserved(config: ServingConfig) -> set[IPv4Address]:
-        return {config.server_ip} | ({config.router} if config.router else set())
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -126,11 +117,13 @@ class DhcpServer:
         self._refresh_task = asyncio.create_task(self._refresh_loop())
         metrics.track(self)
         log.info(
-            "dhcp %s mode on %s, %s:%d (every address of the interface), %d leases loaded",
+            "dhcp %s mode on %s, %s:%d (every address of the interface), networks %s, "
+            "%d leases loaded",
             self.config.mode,
             self.interface,
             LISTEN_ADDRESS,
             self.port,
+            ", ".join(f"{n.name} {n.subnet}" for n in self.config.networks.networks),
             len(self.allocator.active(time.time())),
         )
 
@@ -167,7 +160,8 @@ class DhcpServer:
         self._sockets.clear()
 
     def reload(self, inv: Inventory) -> None:
-        """New fixed hosts and pool from an edited inventory; current leases are kept."""
+        """New networks, fixed hosts and pools from an edited inventory; current leases are
+        kept."""
         config = self._config(inv)
         if config.mode != self.config.mode:
             raise DhcpConfigError(
@@ -177,7 +171,7 @@ class DhcpServer:
         self.inv = inv
         self.config = config
         self.responder.config = config
-        self.allocator.configure(config.pool, config.fixed, self._reserved(config))
+        self.allocator.configure(config.scopes, config.fixed, config.reserved)
         self._nodes = {
             mac: NodeView(view.hostname, view.state, self._overrides(view.hostname))
             for mac, view in self._nodes.items()
@@ -235,7 +229,9 @@ class DhcpServer:
             log.debug("dhcp: dropped %d bytes from %s: %s", len(data), addr[0], exc)
             return
         try:
-            reply = self.responder.respond(request, addr, time.time(), pxe_port=pxe)
+            reply = self.responder.respond(
+                request, addr, time.time(), pxe_port=pxe, interface=self.interface
+            )
         except Exception:  # a bad packet must never stop the server
             self._counters["handler_errors"] += 1
             log.exception("dhcp: error answering %s from %s", request.message_type, addr[0])

@@ -165,7 +165,10 @@ def run_firstboot(
     )
     backends = {p.service: make_backend(p, client, policy, state_dir) for p in config.services}
     reporter = StageReporter(config, client)
-    reporter.started(pending)
+    # One systemd unit per stage: the store stages say first boot started, and only the
+    # run that ends with the health check says `joined` (the node is active only then).
+    if pending or only is None:
+        reporter.started(pending)
     results: list[StageResult] = []
     stage, operation = "first-boot", "setup"
     try:
@@ -190,7 +193,8 @@ def run_firstboot(
         service_logger(stage, operation).error(str(error))
         reporter.failed(stage, str(error), results)
         return ExitCode.FAILED
-    reporter.finished(results)
+    if only in (None, "health"):
+        reporter.finished(results)
     if any(r.status is StageStatus.ALREADY_MEMBER for r in results):
         return ExitCode.ALREADY_MEMBER
     return ExitCode.OK

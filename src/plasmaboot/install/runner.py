@@ -89,6 +89,8 @@ class InstallRunner:
         timeout_s: float,
         tail_lines: int = 40,
         kill_grace_s: float = 5.0,
+        what: str = "install",
+        setting: str = "install_command",
     ) -> None:
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent must be >= 1, got {max_concurrent}")
@@ -97,6 +99,8 @@ class InstallRunner:
         self.timeout_s = timeout_s
         self.tail_lines = tail_lines
         self.kill_grace_s = kill_grace_s
+        # What the output and errors call the command and the setting that holds it.
+        self.what, self.setting = what, setting
         self._slots = asyncio.Semaphore(max_concurrent)
 
     async def run(
@@ -125,7 +129,7 @@ class InstallRunner:
                 start_new_session=True,
             )
         except OSError as exc:
-            message = f"cannot start {argv[0]!r}: {exc.strerror}; install it or fix install_command"
+            message = f"cannot start {argv[0]!r}: {exc.strerror}; install it or fix {self.setting}"
             log.error("install failed to start node=%s error=%s", node_name, message)
             return InstallResult(False, None, [message], time.monotonic() - started, False)
 
@@ -152,7 +156,7 @@ class InstallRunner:
             await asyncio.wait({pump}, timeout=self.kill_grace_s)
             pump.cancel()
         if timed_out:
-            emit(f"plasmaboot: install timed out after {self.timeout_s:g}s; killed")
+            emit(f"plasmaboot: {self.what} timed out after {self.timeout_s:g}s; killed")
         duration = time.monotonic() - started
         ok = not timed_out and process.returncode == 0
         log.log(

@@ -99,12 +99,17 @@ DhcpMode = Literal["full", "reservation", "proxy"]
 
 
 class Dhcp(Strict):
-    """How plasmaboot answers DHCP on this network (only the provisioning one, usually)."""
+    """How plasmaboot answers DHCP on this network. Every network with a `dhcp:` section is
+    served: the provisioning one (the server's own segment) and, in a fleet, one per rack
+    behind a relay. `relays` are relay addresses (giaddr) that pick this network although
+    they lie outside its subnet (a relay's loopback, say); a giaddr inside the subnet picks
+    it anyway. docs/dhcp.md says how a request's network is chosen."""
 
     mode: DhcpMode = "full"
     pool: AddressRange | None = None
     lease_time: int = Field(default=3600, ge=60, le=7 * 86400)
     interface: str | None = None
+    relays: tuple[IPv4Address, ...] = ()
 
 
 class Network(Strict):
@@ -154,6 +159,23 @@ class Installer(Strict):
     timeout_s: int = Field(default=3600, ge=10, le=24 * 3600)
 
 
+# What a drain command may name (the node's host name and provisioning address).
+DRAIN_PLACEHOLDERS = frozenset({"node", "ip"})
+
+
+class Drain(Strict):
+    """What `plasmaboot node drain` runs before a node may reach maintenance.
+
+    `command` is an argv template ({node}, {ip}: the node's provisioning address), e.g.
+    "plasmacloud-drain --node {node}": the operator's own step that moves VMs off and
+    takes the node out of the load balancer. It must exit 0 within `timeout_s`
+    for the node to reach maintenance. Without a command a drain only marks the node.
+    """
+
+    command: str | None = None
+    timeout_s: int = Field(default=600, ge=1, le=24 * 3600)
+
+
 class DiscoveryLimits(Strict):
     """How many unknown machines unauthenticated boot requests may record (discovered).
 
@@ -175,6 +197,7 @@ class Server(Strict):
     dhcp_port: int = Field(default=67, ge=1, le=65535)
     ssh_authorized_keys: tuple[str, ...] = ()
     installer: Installer = Installer()
+    drain: Drain = Drain()
     discovery: DiscoveryLimits = DiscoveryLimits()
     # Seconds a node may wait in an unstable lifecycle state before serve's reaper fails
     # it, e.g. {installing: 5400}; unnamed states keep the defaults of
@@ -199,6 +222,8 @@ class Image(Strict):
 
 
 Role = Literal["control-plane", "worker", "all-in-one"]
+# How a machine's firmware boots: which one-time network boot the BMC is asked for.
+Firmware = Literal["bios", "uefi"]
 
 
 class Profile(Strict):
@@ -206,6 +231,7 @@ class Profile(Strict):
     description: str = ""
     services: tuple[str, ...]
     image: str
+    firmware: Firmware = "uefi"
 
 
 class Bmc(Strict):
@@ -228,6 +254,7 @@ class Node(Strict):
     provisioning_ip: IPv4Address
     production_ip: IPv4Address | None = None
     bmc: Bmc | None = None
+    firmware: Firmware | None = None  # None: the profile's (uefi unless it says bios)
     disk: str = "/dev/sda"
     bootstrap: bool = False
     boot_overrides: dict[str, str] = Field(default_factory=dict)
@@ -253,6 +280,15 @@ class Inventory(Strict):
 
     def network(self, name: str) -> Network | None:
         return next((n for n in self.networks if n.name == name), None)
+
+    @property
+    def dhcp_networks(self) -> tuple[Network, ...]:
+        """The networks DHCP serves (those with a `dhcp:` section), in inventory order."""
+        return tuple(n for n in self.networks if n.dhcp is not None)
+
+    def network_of(self, ip: IPv4Address) -> Network | None:
+        """The network whose subnet holds `ip` (validation keeps subnets disjoint)."""
+        return next((n for n in self.networks if ip in n.subnet), None)
 
     @property
     def provisioning(self) -> Network:
@@ -284,3 +320,10 @@ class Inventory(Strict):
 
     def role_of(self, node: Node) -> Role:
         return self.profiles[node.profile].role
+
+    def firmware_of(self, node: Node) -> Firmware:
+        """The node's firmware mode: its own, else its profile's, else uefi."""
+        if node.firmware is not None:
+            return node.firmware
+        profile = self.profiles.get(node.profile)
+        return profile.firmware if profile is not None else "uefi"

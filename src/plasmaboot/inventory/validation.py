@@ -13,7 +13,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from plasmaboot.inventory.models import INSTALL_PLACEHOLDERS, Inventory, Network, Node
+from plasmaboot.inventory.models import (
+    DRAIN_PLACEHOLDERS,
+    INSTALL_PLACEHOLDERS,
+    Inventory,
+    Network,
+    Node,
+)
 from plasmaboot.inventory.ports import KNOWN_SERVICES
 from plasmaboot.lifecycle import STABLE_STATES, State
 
@@ -112,14 +118,31 @@ def _in_network(inv: Inventory, network_name: str, path: str, ip: IPv4Address) -
         )
 
 
+def _served_subnets(inv: Inventory) -> list[Network]:
+    """Where a node's provisioning address may be: the provisioning network and every
+    network DHCP serves (one per rack behind a relay)."""
+    return [n for n in inv.networks if n.name == "provisioning" or n.dhcp is not None]
+
+
+def _in_served_network(inv: Inventory, path: str, ip: IPv4Address) -> Iterator[Problem]:
+    served = _served_subnets(inv)
+    if served and not any(ip in net.subnet for net in served):
+        names = ", ".join(f"{net.name} {net.subnet}" for net in served)
+        yield Problem(
+            path,
+            str(ip),
+            f"not inside any provisioning network ({names})",
+            "pick an address in the subnet of the rack's network, or add a network with a "
+            "dhcp: section whose subnet holds it",
+        )
+
+
 def _addresses_in_their_subnets(inv: Inventory) -> Iterator[Problem]:
     yield from _in_network(
         inv, "provisioning", "server.provisioning_ip", inv.server.provisioning_ip
     )
     for i, node in enumerate(inv.nodes):
-        yield from _in_network(
-            inv, "provisioning", f"nodes[{i}].provisioning_ip", node.provisioning_ip
-        )
+        yield from _in_served_network(inv, f"nodes[{i}].provisioning_ip", node.provisioning_ip)
         if node.production_ip is not None:
             yield from _in_network(
                 inv, "production", f"nodes[{i}].production_ip", node.production_ip
@@ -130,26 +153,76 @@ def _addresses_in_their_subnets(inv: Inventory) -> Iterator[Problem]:
 
 
 def _fixed_addresses_outside_pool(inv: Inventory) -> Iterator[Problem]:
-    net = inv.network("provisioning")
-    if net is None or net.dhcp is None or net.dhcp.pool is None:
-        return
-    pool = net.dhcp.pool
-    fix = f"fixed addresses must be outside the dynamic pool {pool.start}-{pool.end}"
-    if inv.server.provisioning_ip in pool:
-        yield Problem(
-            "server.provisioning_ip",
-            str(inv.server.provisioning_ip),
-            "inside the DHCP pool",
-            fix,
+    for net in inv.networks:
+        if net.dhcp is None or net.dhcp.pool is None:
+            continue
+        pool = net.dhcp.pool
+        fix = (
+            f"fixed addresses must be outside the dynamic pool {pool.start}-{pool.end} of "
+            f"network {net.name}"
         )
-    for i, node in enumerate(inv.nodes):
-        if node.provisioning_ip in pool:
+        if inv.server.provisioning_ip in pool:
             yield Problem(
-                f"nodes[{i}].provisioning_ip",
-                str(node.provisioning_ip),
-                "inside the DHCP pool, so it could be leased to another machine",
+                "server.provisioning_ip",
+                str(inv.server.provisioning_ip),
+                "inside the DHCP pool",
                 fix,
             )
+        for i, node in enumerate(inv.nodes):
+            if node.provisioning_ip in pool:
+                yield Problem(
+                    f"nodes[{i}].provisioning_ip",
+                    str(node.provisioning_ip),
+                    "inside the DHCP pool, so it could be leased to another machine",
+                    fix,
+                )
+
+
+def _dhcp_networks(inv: Inventory) -> Iterator[Problem]:
+    """Several served networks must never leave a request two candidate networks."""
+    relays: dict[IPv4Address, str] = {}
+    interfaces: dict[str, str] = {}
+    modes: dict[str, str] = {}
+    for i, net in enumerate(inv.networks):
+        if net.dhcp is None:
+            continue
+        modes.setdefault("proxy" if net.dhcp.mode == "proxy" else "leasing", net.name)
+        if net.dhcp.interface is not None:
+            if net.dhcp.interface in interfaces:
+                yield Problem(
+                    f"networks[{i}].dhcp.interface",
+                    net.dhcp.interface,
+                    f"network {interfaces[net.dhcp.interface]} answers on the same interface",
+                    "name an interface on one network only; the other networks are reached "
+                    "through relays (list their giaddr under dhcp.relays if it is outside "
+                    "their subnet)",
+                )
+            interfaces.setdefault(net.dhcp.interface, net.name)
+        for j, relay in enumerate(net.dhcp.relays):
+            path = f"networks[{i}].dhcp.relays[{j}]"
+            if relay in relays:
+                yield Problem(
+                    path,
+                    str(relay),
+                    f"relay address already listed by network {relays[relay]}",
+                    "a relay address (giaddr) picks one network; list it under one of them",
+                )
+            relays.setdefault(relay, net.name)
+            owner = inv.network_of(relay)
+            if owner is not None and owner.name != net.name and owner.dhcp is not None:
+                yield Problem(
+                    path,
+                    str(relay),
+                    f"inside network {owner.name} ({owner.subnet}), which a giaddr there picks",
+                    f"remove it, or give the relay an address outside {owner.subnet}",
+                )
+    if len(modes) > 1:
+        yield Problem(
+            "networks[*].dhcp.mode",
+            f"proxy on {modes['proxy']}, full/reservation on {modes['leasing']}",
+            "one server is either a proxyDHCP (PXE options only) or a leasing DHCP server",
+            "give every dhcp: section mode proxy, or none of them",
+        )
 
 
 def _network_shapes(inv: Inventory) -> Iterator[Problem]:
@@ -371,6 +444,42 @@ def _installer_command(inv: Inventory) -> Iterator[Problem]:
         )
 
 
+def _drain_command(inv: Inventory) -> Iterator[Problem]:
+    command = inv.server.drain.command
+    if command is None:
+        return
+    path = "server.drain.command"
+    try:
+        argv = shlex.split(command)
+        parsed = [
+            (name, spec, conversion)
+            for arg in argv
+            for _, name, spec, conversion in string.Formatter().parse(arg)
+            if name is not None
+        ]
+    except ValueError as exc:
+        yield Problem(path, command, str(exc), "fix the quoting or the braces")
+        return
+    fields = {name for name, _, _ in parsed}
+    fields |= {f"{name}!{conv}" if conv else f"{name}:{spec}" for name, spec, conv in parsed
+               if spec or conv}  # fmt: skip
+    if not argv:
+        yield Problem(
+            path,
+            command,
+            "empty command",
+            "give the program that drains a node and its arguments, or remove the key",
+        )
+    unknown = sorted(fields - DRAIN_PLACEHOLDERS)
+    if unknown:
+        yield Problem(
+            path,
+            command,
+            f"unknown placeholder(s) {unknown}",
+            f"use only {sorted(DRAIN_PLACEHOLDERS)} (write {{{{ }}}} for literal braces)",
+        )
+
+
 def _deadlines(inv: Inventory) -> Iterator[Problem]:
     """Deadlines exist only for the states that wait for the machine, in whole seconds."""
     unstable = [s.value for s in State if s not in STABLE_STATES]
@@ -404,12 +513,14 @@ RULES: tuple[Callable[[Inventory], Iterator[Problem]], ...] = (
     _duplicate_addresses,
     _addresses_in_their_subnets,
     _fixed_addresses_outside_pool,
+    _dhcp_networks,
     _profiles_and_images,
     _store_services,
     _bootstrap_quorum,
     _bmc_credentials,
     _boot_overrides,
     _installer_command,
+    _drain_command,
     _deadlines,
 )
 

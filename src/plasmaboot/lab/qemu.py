@@ -6,6 +6,12 @@
 - uefi-http: OVMF HTTP Boot (arch 16, HTTPClient) -> ipxe.efi over HTTP -> iPXE.
 
 TCG only: KVM is not dependable on the machines this runs on.
+
+Network boot stays first in every VM's boot order (NIC `bootindex=1`), as on real servers;
+the disk comes second (`bootindex=2`), reached when iPXE's local-disk script hands over
+(BIOS: `sanboot` of drive 0x80; UEFI: `exit 1`, a failure, so the firmware tries its
+next boot entry). A VM can also boot a kernel directly (`DirectBoot`), as the tests do
+with the installer image.
 """
 
 from __future__ import annotations
@@ -19,7 +25,18 @@ Firmware = Literal["bios", "uefi", "uefi-http"]
 FIRMWARES: tuple[Firmware, ...] = ("bios", "uefi", "uefi-http")
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS.fd")
-DISK_BYTES = 16 << 20
+DISK_BYTES = 16 << 20  # the miniature's marker disk
+REAL_DISK_BYTES = 3 << 30  # sparse: a real install (lab/install.py) needs room for Debian
+REAL_MEMORY_MB = 1024  # the installer initramfs unpacks into RAM; Debian then runs etcd
+
+
+@dataclass(frozen=True)
+class DirectBoot:
+    """QEMU's -kernel/-initrd/-append: boots without firmware network boot."""
+
+    kernel: Path
+    initrd: Path
+    append: str
 
 
 @dataclass(frozen=True)
@@ -30,6 +47,9 @@ class VmSpec:
     firmware: Firmware
     workdir: Path
     memory_mb: int = 512
+    disk_bytes: int = DISK_BYTES
+    direct: DirectBoot | None = None
+    no_reboot: bool = False  # QEMU exits when the guest reboots
 
     @property
     def disk(self) -> Path:
@@ -49,11 +69,11 @@ class VmSpec:
 
 
 def prepare(vm: VmSpec) -> None:
-    """The VM's virtual disk (blank: the lab install writes its marker) and UEFI vars."""
+    """The VM's virtual disk (blank and sparse; kept between boots) and UEFI vars."""
     vm.workdir.mkdir(parents=True, exist_ok=True)
     if not vm.disk.exists():
         with vm.disk.open("wb") as disk:
-            disk.truncate(DISK_BYTES)
+            disk.truncate(vm.disk_bytes)
     if vm.firmware != "bios" and not vm.vars_file.exists():
         shutil.copyfile(OVMF_VARS, vm.vars_file)
 
@@ -69,22 +89,34 @@ def qemu_argv(vm: VmSpec) -> list[str]:
         "-name", vm.name,
         "-display", "none",
         "-monitor", "none",
-        "-serial", f"file:{vm.console_log}",
+        # append: a power-on must not wipe the console of the boots before it
+        "-chardev", f"file,id=console,path={vm.console_log},append=on",
+        "-serial", "chardev:console",
         "-pidfile", str(vm.pid_file),
         "-netdev", f"tap,id=n0,ifname={vm.tap},script=no,downscript=no",
         "-device", nic,
         "-drive", f"file={vm.disk},if=none,id=d0,format=raw",
-        "-device", "virtio-blk-pci,drive=d0",
+        "-device", "virtio-blk-pci,drive=d0,bootindex=2",
     ]  # fmt: skip
+    if vm.direct is not None:
+        argv += [
+            "-kernel", str(vm.direct.kernel),
+            "-initrd", str(vm.direct.initrd),
+            "-append", vm.direct.append,
+        ]  # fmt: skip
+    if vm.no_reboot:
+        argv.append("-no-reboot")
     if vm.firmware != "bios":
         argv += [
             "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
             "-drive", f"if=pflash,format=raw,file={vm.vars_file}",
         ]  # fmt: skip
+    if vm.firmware != "bios":
+        # The lab boots over IPv4 only. Without this, OVMF also makes PXE and HTTP Boot
+        # entries for IPv6 and, after iPXE `exit`s to boot the disk, sits out each one's
+        # timeout (a minute or more) before it reaches the disk.
+        argv += ["-fw_cfg", "name=opt/org.tianocore/IPv6Support,string=no"]
     if vm.firmware == "uefi-http":
-        # Without both switches OVMF tries PXE over IPv4, then IPv6, before HTTP Boot.
-        argv += [
-            "-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=no",
-            "-fw_cfg", "name=opt/org.tianocore/IPv6Support,string=no",
-        ]  # fmt: skip
+        # Without it OVMF tries PXE over IPv4 before HTTP Boot.
+        argv += ["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=no"]
     return argv

@@ -16,15 +16,24 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Interface
 from pathlib import Path
+from typing import Any
 
 from plasmaboot.inventory import Inventory, load_inventory
 from plasmaboot.lab.network import LabNetwork, run
-from plasmaboot.lab.qemu import FIRMWARES, Firmware, VmSpec, prepare, qemu_argv
+from plasmaboot.lab.qemu import (
+    FIRMWARES,
+    REAL_DISK_BYTES,
+    REAL_MEMORY_MB,
+    Firmware,
+    VmSpec,
+    prepare,
+    qemu_argv,
+)
 from plasmaboot.lifecycle import State
-from plasmaboot.store import NodeRecord, SqliteStore
+from plasmaboot.store import EventRecord, NodeRecord, SqliteStore
 
 DEFAULT_NETNS = "pblab"
 RECORD = "lab.json"
@@ -64,6 +73,7 @@ class Lab:
         netns: str = DEFAULT_NETNS,
         firmware: Firmware = "bios",
         assets: Path | None = None,
+        simulate_disk_boot: bool | None = None,
     ) -> None:
         self.workdir = workdir.resolve()
         self.config = config.resolve()
@@ -78,6 +88,14 @@ class Lab:
             IPv4Interface(f"{self.inventory.server.provisioning_ip}/{prefix}"),
         )
         self.firmware = firmware
+        # The whole chain (cluster.yaml): an install command puts a real OS on each VM's
+        # disk. Without one (miniature.yaml) the busybox image "installs" a marker.
+        self.real_install = self.inventory.server.installer.command is not None
+        # True: the miniature image's "disk boot" is another netboot (serve's
+        # --simulate-disk-boot); False: iPXE gets the local-disk script, as for real disks.
+        self.simulate_disk_boot = (
+            not self.real_install if simulate_disk_boot is None else simulate_disk_boot
+        )
         self.assets = assets or self.workdir / "assets"
         self.record = LabRecord(netns, str(self.config), firmware, str(self.assets))
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -157,10 +175,14 @@ class Lab:
             "--state-dir", str(self.state_dir),
             "--assets", str(self.assets),
             "--interface", self.network.bridge,
-            "--simulate-disk-boot",
+            *(["--simulate-disk-boot"] if self.simulate_disk_boot else []),
         )  # fmt: skip
         log = self.server_log.open("ab")
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        # serve runs the install command (`plasmaboot lab install ...`) by name: this
+        # interpreter's scripts come first on its PATH, as in an activated venv.
+        scripts = str(Path(sys.executable).parent)
+        env = {**os.environ, "PATH": f"{scripts}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
         self._procs["serve"] = proc
         self.record.server_pid = proc.pid
         self.record.save(self.workdir)
@@ -184,17 +206,18 @@ class Lab:
         if node is None:
             raise LabError(f"{hostname} is not in {self.config}")
         index = self.inventory.nodes.index(node)
-        return VmSpec(
-            hostname,
-            node.macs[0],
-            self.network.tap_name(index),
-            self.firmware,
-            self.vm_dir,
-        )
+        spec = VmSpec(hostname, node.macs[0], self.network.tap_name(index), self.firmware,
+                      self.vm_dir)  # fmt: skip
+        if self.real_install:  # Debian and etcd need the room and the memory
+            spec = replace(spec, memory_mb=REAL_MEMORY_MB, disk_bytes=REAL_DISK_BYTES)
+        return spec
 
-    def start_vm(self, hostname: str) -> VmSpec:
-        """Power a VM on (again); its disk persists between boots, as a real disk would."""
-        vm = self.vm_spec(hostname)
+    def start_vm(self, hostname: str, **changes: Any) -> VmSpec:
+        """Power a VM on (again); its disk persists between boots, as a real disk would.
+
+        `changes` override fields of its `VmSpec` (memory, disk size, a direct kernel boot).
+        """
+        vm = replace(self.vm_spec(hostname), **changes)
         prepare(vm)
         if not self.network.has_link(vm.tap):
             self.network.add_tap(vm.tap)
@@ -245,9 +268,12 @@ class Lab:
             store.close()
 
     def events(self, hostname: str) -> list[tuple[str | None, str | None, str]]:
+        return [(e.from_state, e.to_state, e.event) for e in self.event_records(hostname)]
+
+    def event_records(self, hostname: str) -> list[EventRecord]:
         store = SqliteStore.in_dir(self.state_dir)
         try:
-            return [(e.from_state, e.to_state, e.event) for e in store.events(hostname)]
+            return store.events(hostname)
         finally:
             store.close()
 

@@ -1,1 +1,2 @@
-"""The runbook's node procedures: provision, reprovision, drain, decommission, rollout."""
+"""The runbook's node procedures: provision, reprovision, drain, decommission, power,
+rollout."""

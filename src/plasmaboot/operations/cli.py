@@ -1,9 +1,10 @@
 """CLI for the runbook's node procedures: `plasmaboot node provision|reprovision|drain|
-maintenance|activate|decommission` and `plasmaboot rollout`."""
+maintenance|activate|decommission|power` and `plasmaboot rollout`."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,6 +17,7 @@ from rich.table import Table
 from plasmaboot.cli_common import (
     DEFAULT_STATE_DIR,
     ConfigOption,
+    JsonOption,
     StateDirOption,
     StoreOption,
     err,
@@ -24,7 +26,19 @@ from plasmaboot.cli_common import (
     store_location,
 )
 from plasmaboot.lifecycle import IllegalTransition, State
-from plasmaboot.operations.nodes import MemberRemover, NodeOperations, OperationError
+from plasmaboot.operations.nodes import (
+    MemberRemover,
+    NodeOperations,
+    OperationError,
+    OperationFailed,
+    unknown_names,
+)
+from plasmaboot.operations.power import (
+    DEFAULT_PARALLEL,
+    MAX_PARALLEL,
+    PowerCommand,
+    power_nodes,
+)
 from plasmaboot.operations.rollout import DEFAULT_UPDATE_COMMAND, Rollout
 from plasmaboot.power import PowerError
 from plasmaboot.store import NodeRecord, StoreError, UnknownNode, open_store
@@ -74,14 +88,25 @@ Procedure = Callable[[NodeOperations, str], Coroutine[Any, Any, None] | None]
 
 def _each(ops: NodeOperations, nodes: list[str], procedure: Procedure) -> None:
     """Run one procedure per node; a refused step is a clear error and exit 1, never a
-    traceback (nodes already handled stay handled)."""
+    traceback (nodes already handled stay handled). Unknown names are refused first, all
+    at once, with the closest known names."""
+    known = [r.hostname for r in ops.store.list_nodes()] + [n.hostname for n in ops.inventory.nodes]
+    unknown = unknown_names(nodes, known)
+    if unknown:
+        err.print(
+            f"[red]refused:[/red] no such node: {escape(', '.join(unknown))}; nothing was done "
+            "(`plasmaboot node list` shows the nodes)",
+            highlight=False,
+        )
+        raise typer.Exit(1)
     for name in nodes:
         try:
             pending = procedure(ops, name)
             if pending is not None:
                 asyncio.run(pending)
         except (OperationError, IllegalTransition, UnknownNode, PowerError) as exc:
-            err.print(f"[red]refused:[/red] {exc}", highlight=False)
+            what = "failed" if isinstance(exc, OperationFailed) else "refused"
+            err.print(f"[red]{what}:[/red] {escape(str(exc))}", highlight=False)
             raise typer.Exit(1) from None
 
 
@@ -129,7 +154,9 @@ def drain(
     nodes: Nodes, config: ConfigOption, state_dir: StateDirOption = DEFAULT_STATE_DIR,
     store_at: StoreOption = None,
 ) -> None:  # fmt: skip
-    """Runbook 7.5: mark active nodes draining, then hold them in maintenance."""
+    """Runbook 7.5: run the inventory's drain command (server.drain.command), then hold
+    the node in maintenance; a failed or late drain leaves it active. One node at a time,
+    stopping at the first failure."""
     ops = _operations(config, state_dir, None, store_at)
     _each(ops, nodes, NodeOperations.drain)
 
@@ -186,4 +213,40 @@ def rollout(
         raise typer.Exit(1)
 
 
-NODE_COMMANDS = (provision, reprovision, drain, maintenance, activate, decommission)
+def power(
+    action: Annotated[PowerCommand, typer.Argument(help="on | off | cycle | status")],
+    nodes: Nodes, config: ConfigOption, state_dir: StateDirOption = DEFAULT_STATE_DIR,
+    store_at: StoreOption = None, as_json: JsonOption = False,
+    pxe_once: Annotated[bool, typer.Option(
+        "--pxe-once", help="First set a one-time network boot (in the node's firmware "
+        "mode, bios or uefi); with on and cycle.")] = False,
+    parallel: Annotated[int, typer.Option(
+        help=f"Nodes driven at once (1 to {MAX_PARALLEL}).")] = DEFAULT_PARALLEL,
+) -> None:  # fmt: skip
+    """Power nodes on, off or cycle them through their BMCs, or read their power state.
+
+    One line per node; exit 1 if any node failed (the line names it and why). on, off and
+    cycle are recorded in the node's events."""
+    ops = _operations(config, state_dir, None, store_at)
+    try:
+        results = asyncio.run(power_nodes(ops, action, nodes, pxe_once=pxe_once, parallel=parallel))
+    except OperationError as exc:
+        err.print(f"[red]refused:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    failed = [r.node for r in results if not r.ok]
+    if as_json:
+        print(json.dumps([r.as_json() for r in results], indent=2))
+    else:
+        for r in results:
+            out.print(r.line(), style=None if r.ok else "red", markup=False, highlight=False,
+                      soft_wrap=True)  # fmt: skip
+    if failed:
+        err.print(
+            f"power {action.value}: {len(failed)} of {len(results)} node(s) failed: "
+            f"{', '.join(failed)}",
+            markup=False, highlight=False, soft_wrap=True,
+        )  # fmt: skip
+        raise typer.Exit(1)
+
+
+NODE_COMMANDS = (provision, reprovision, drain, maintenance, activate, decommission, power)

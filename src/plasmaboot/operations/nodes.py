@@ -10,10 +10,12 @@ member remover (a node's cluster-config.json gives the URLs and TLS files).
 from __future__ import annotations
 
 import asyncio
+import difflib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from plasmaboot.install import InstallRunner, split_command
 from plasmaboot.inventory import Inventory, Node
 from plasmaboot.lifecycle import (
     BOOTS_FROM_DISK,
@@ -29,10 +31,53 @@ from plasmaboot.store import NodeRecord, Store, UnknownNode
 
 ACTOR = "operator"
 MemberRemover = Callable[[str], list[str]]  # node name -> services it was removed from
+OUTPUT_BATCH_LINES = 50  # drain output: lines per `drain-output` event
+OUTPUT_BATCH_S = 2.0  # ... or seconds, whichever comes first
 
 
 class OperationError(Exception):
     """A procedure cannot go on; the message says why and what to do instead."""
+
+
+class OperationFailed(OperationError):
+    """A step that ran (a drain command, say) failed; the message says what is left."""
+
+
+def unknown_names(wanted: Iterable[str], known: Iterable[str]) -> list[str]:
+    """Each name of `wanted` not in `known`, with the closest known names, e.g.
+    "nod01 (did you mean node01?)": every unknown name at once, not one per run."""
+    known = sorted(set(known))
+    described = []
+    for name in dict.fromkeys(wanted):
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        described.append(f"{name}{hint}")
+    return described
+
+
+class EventLines:
+    """Batches a command's output lines into events of one name (one store write per
+    batch, not per line), so `plasmaboot node events` shows what the command said."""
+
+    def __init__(self, store: Store, hostname: str, event: str) -> None:
+        self.store, self.hostname, self.event = store, hostname, event
+        self.lines: list[str] = []
+        self.flushed_at = time.monotonic()
+
+    def __call__(self, line: str) -> None:
+        self.lines.append(line)
+        if len(self.lines) >= OUTPUT_BATCH_LINES or (
+            time.monotonic() - self.flushed_at > OUTPUT_BATCH_S
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        if self.lines:
+            self.store.record(self.hostname, self.event, ACTOR, {"lines": self.lines})
+            self.lines = []
+        self.flushed_at = time.monotonic()
 
 
 def default_power(node: Node) -> PowerDriver:
@@ -88,11 +133,16 @@ class NodeOperations:
         if record.state in (State.BOOT_FAILED, State.INSTALL_FAILED):
             self._fire(hostname, Event.RETRY)
         self._require(self._record(hostname), Event.PXE_BOOT)
-        driver = self.power(self._spec(hostname))
-        await driver.set_boot_device(BootDevice.PXE, persistent=False)
+        spec = self._spec(hostname)
+        firmware = self.inventory.firmware_of(spec)
+        driver = self.power(spec)
+        await driver.set_boot_device(BootDevice.PXE, persistent=False, uefi=firmware == "uefi")
         await driver.power_cycle()
-        self.store.record(hostname, "provision-requested", ACTOR, {"power": "cycle", "boot": "pxe"})
-        self.log(f"{hostname}: PXE boot once, power cycled")
+        self.store.record(
+            hostname, "provision-requested", ACTOR,
+            {"power": "cycle", "boot": "pxe", "firmware": firmware},
+        )  # fmt: skip
+        self.log(f"{hostname}: PXE boot once ({firmware}), power cycled")
 
     async def reprovision(self, hostname: str) -> None:
         """Runbook 9.2: leave the cluster, forget the install, netboot and reinstall."""
@@ -101,14 +151,68 @@ class NodeOperations:
         self._fire(hostname, Event.REPROVISION)
         await self.provision(hostname)
 
-    def drain(self, hostname: str) -> None:
-        """Runbook 7.5: stop placing work on the node, then hold it in maintenance.
+    async def drain(self, hostname: str) -> None:
+        """Runbook 7.5: move the work off the node, then hold it in maintenance.
 
-        plasmaboot does not move workloads itself (no workload API in its scope): draining
-        marks the node, the services' own schedulers act on the mark.
+        The node is `draining` while the inventory's drain command (server.drain.command:
+        evacuate VMs, leave the load balancer) runs, so a second drain is refused; its
+        output goes into `drain-output` events. Only exit 0 within server.drain.timeout_s
+        moves it on to maintenance; a failure or timeout is recorded (`drain-failed`) and
+        puts it back to active, where it was. Without a drain command the node is only
+        marked: the services' own schedulers act on the mark.
         """
-        self._fire(hostname, Event.DRAIN)
-        self._fire(hostname, Event.DRAINED)
+        record = self._record(hostname)
+        if record.state is State.DRAINING:
+            raise OperationError(
+                f"{hostname} is already draining (a drain is running, or one was "
+                f"interrupted): wait for it, or `plasmaboot node activate {hostname}` and "
+                "drain again"
+            )
+        self._require(record, Event.DRAIN)
+        settings = self.inventory.server.drain
+        if settings.command is None:
+            detail: dict[str, object] = {"command": None}
+            self._fire(hostname, Event.DRAIN, detail)
+            self._fire(hostname, Event.DRAINED, detail)
+            self.log(
+                f"{hostname}: no server.drain.command in the inventory: only marked "
+                "(draining, then maintenance); nothing was moved off it"
+            )
+            return
+        node = self._spec(hostname)
+        self._fire(hostname, Event.DRAIN, {"command": settings.command})
+        runner = InstallRunner(1, settings.timeout_s, what="drain", setting="server.drain.command")
+        output = EventLines(self.store, hostname, "drain-output")
+        try:
+            result = await runner.run(
+                hostname, split_command(settings.command),
+                {"ip": str(node.provisioning_ip)}, output,
+            )  # fmt: skip
+        finally:
+            output.flush()
+        outcome: dict[str, object] = {
+            "returncode": result.returncode,
+            "duration_s": round(result.duration_s, 1),
+        }
+        if result.ok:
+            self._fire(hostname, Event.DRAINED, outcome)
+            return
+        if result.timed_out:
+            reason = f"did not finish within {settings.timeout_s} s (server.drain.timeout_s)"
+        elif result.returncode is None:
+            reason = f"could not be started ({result.tail[-1] if result.tail else '?'})"
+        else:
+            reason = f"exited with status {result.returncode}"
+        self.store.record(
+            hostname, "drain-failed", ACTOR,
+            {**outcome, "reason": reason, "timed_out": result.timed_out,
+             "tail": result.tail[-10:]},
+        )  # fmt: skip
+        self._fire(hostname, Event.ACTIVATE, {"reason": "drain failed", "drain": reason})
+        raise OperationFailed(
+            f"{hostname}: the drain command {reason}; the node is active again (not in "
+            f"maintenance). Its output: `plasmaboot node events {hostname}`"
+        )
 
     def maintenance(self, hostname: str) -> None:
         self._fire(hostname, Event.MAINTAIN)
@@ -124,7 +228,7 @@ class NodeOperations:
         record = self._record(hostname)
         self._require(record, Event.DECOMMISSION)
         if record.state is State.ACTIVE:
-            self.drain(hostname)
+            await self.drain(hostname)
         if record.state not in (State.ENROLLED, State.DISCOVERED):
             self._leave_cluster(hostname)
         spec = self.inventory.node(hostname)

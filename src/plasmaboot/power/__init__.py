@@ -19,12 +19,19 @@ from plasmaboot.power.errors import (
     RetryablePowerError,
     UnsupportedOperationError,
 )
-from plasmaboot.power.manual import DEFAULT_CONFIRMATIONS, ManualConfirmations
+from plasmaboot.power.manual import (
+    DEFAULT_CONFIRMATIONS,
+    POWER_STEPS,
+    ManualConfirmations,
+    ManualDriver,
+    boot_step,
+)
 from plasmaboot.power.registry import DRIVERS, driver_for
 
 __all__ = [
     "DEFAULT_CONFIRMATIONS",
     "DRIVERS",
+    "POWER_STEPS",
     "BadCredentialsError",
     "BmcConfigurationError",
     "BmcUnreachableError",
@@ -32,6 +39,7 @@ __all__ = [
     "CredentialSourceError",
     "FatalPowerError",
     "ManualConfirmations",
+    "ManualDriver",
     "OperatorTimeoutError",
     "PowerDriver",
     "PowerError",
@@ -40,6 +48,7 @@ __all__ = [
     "RetryPolicy",
     "RetryablePowerError",
     "UnsupportedOperationError",
+    "boot_step",
     "driver_for",
     "resolve_password",
 ]

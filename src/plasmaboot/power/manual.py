@@ -57,6 +57,15 @@ class ManualConfirmations:
 
 DEFAULT_CONFIRMATIONS = ManualConfirmations()
 
+# What a person does for each power action (the instruction's verb phrase).
+POWER_STEPS = {"on": "power ON", "off": "power OFF", "cycle": "power-cycle (off, then on)"}
+
+
+def boot_step(device: BootDevice, persistent: bool = False, uefi: bool = True) -> str:
+    how = "always" if persistent else "for the next boot only"
+    mode = "UEFI" if uefi else "legacy BIOS"
+    return f"set the boot device to {device.value} ({mode}, {how})"
+
 
 class ManualSettings(DriverSettings):
     address: str = Field(description="where the machine is (rack/unit or BMC address)")
@@ -83,13 +92,13 @@ class ManualDriver(PowerDriver):
         self._confirmed_state = PowerState.UNKNOWN
 
     async def power_on(self) -> None:
-        await self._ask("power ON", PowerState.ON)
+        await self._ask(POWER_STEPS["on"], PowerState.ON)
 
     async def power_off(self) -> None:
-        await self._ask("power OFF", PowerState.OFF)
+        await self._ask(POWER_STEPS["off"], PowerState.OFF)
 
     async def power_cycle(self) -> None:
-        await self._ask("power-cycle (off, then on)", PowerState.ON)
+        await self._ask(POWER_STEPS["cycle"], PowerState.ON)
 
     async def power_state(self) -> PowerState:
         return self._confirmed_state
@@ -97,15 +106,16 @@ class ManualDriver(PowerDriver):
     async def set_boot_device(
         self, device: BootDevice, persistent: bool = False, uefi: bool = True
     ) -> None:
-        how = "always" if persistent else "for the next boot only"
-        mode = "UEFI" if uefi else "legacy BIOS"
-        await self._ask(f"set the boot device to {device.value} ({mode}, {how})", None)
+        await self._ask(boot_step(device, persistent, uefi), None)
+
+    def instruction(self, action: str, confirm: bool = True) -> str:
+        """What the operator is asked to do (``action``: a ``POWER_STEPS`` value or
+        ``boot_step``); ``confirm``: ask for the confirmation the driver waits for."""
+        then = ", then confirm it in plasmaboot" if confirm else ""
+        return f"Operator: {action} node {self.node_name!r} at {self.settings.address}{then}"
 
     async def _ask(self, action: str, resulting: PowerState | None) -> None:
-        instruction = (
-            f"Operator: {action} node {self.node_name!r} at {self.settings.address}, "
-            "then confirm it in plasmaboot"
-        )
+        instruction = self.instruction(action)
         step = self.confirmations.request(self.node_name, instruction)
         log.warning("manual power step node=%s instruction=%s", self.node_name, instruction)
         if self.notify is not None:

@@ -92,6 +92,21 @@ def _subnet(inv: Inventory, net: Network) -> list[str]:
     lines.append(f"    next-server {inv.server.provisioning_ip};")
     lines += _boot_selection(inv, "    ")
     lines.append("}")
+    return _with_relays(net, lines)
+
+
+def _with_relays(net: Network, subnet: list[str]) -> list[str]:
+    """Relay addresses outside the subnet join it in one shared-network as /32 subnets: a
+    giaddr there then leases from this subnet, as `dhcp.relays` says."""
+    assert net.dhcp is not None
+    outside = [relay for relay in net.dhcp.relays if relay not in net.subnet]
+    if not outside:
+        return subnet
+    lines = [f"shared-network {net.name} {{"]
+    for relay in outside:
+        lines.append(f"    subnet {relay} netmask 255.255.255.255 {{ }}  # relay (giaddr)")
+    lines += [f"    {line}" if line else line for line in subnet]
+    lines.append("}")
     return lines
 
 

@@ -41,6 +41,10 @@ def _network(inv: Inventory, net: Network, tag: str) -> list[str]:
     if net.dhcp.interface:
         lines.append(f"interface={net.dhcp.interface}")
     lines.append(_range(net, tag))
+    # A relay address outside the subnet still leases from it (dnsmasq 2.86+).
+    for relay in net.dhcp.relays:
+        if relay not in net.subnet:
+            lines.append(f"shared-network={relay},{net.subnet.network_address}")
     if net.dhcp.mode != "proxy":
         lines.append(f"dhcp-option=tag:{tag},option:domain-name,{inv.cluster.domain}")
         if net.gateway is not None:

@@ -2,8 +2,10 @@
 
 All three read `resolved_rules`, so a port is open in all of them or in none. Scopes resolve
 against the inventory: internal = the site (`internal_network`), cluster = production (else
-provisioning, as in the lab), management = management (else provisioning, where the operator
-reaches the lab), storage = storage (rules for it are left out when there is no such network).
+the provisioning networks, as in the lab), management = management (else the provisioning
+networks, where the operator reaches the lab), storage = storage (rules for it are left out
+when there is no such network). "The provisioning networks" are the one named provisioning
+and every network DHCP serves (one per rack behind relays): a rule then names each subnet.
 
 The seeds flush the whole ruleset and drop forwarding; that would erase the tables of other
 software and cut off VM and pod traffic on workers. The nftables ruleset here owns only its
@@ -14,10 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from ipaddress import IPv4Network
+from typing import Literal
 
 from plasmaboot.inventory.models import Inventory, Profile
 from plasmaboot.inventory.ports import PortRule, Scope, rules_for
-from plasmaboot.render.common import HEADER, Files, RenderContext, cluster_network, internal_network
+from plasmaboot.render.common import HEADER, Files, RenderContext, internal_network
 
 TABLE = "plasmaboot"
 
@@ -25,7 +28,14 @@ TABLE = "plasmaboot"
 @dataclass(frozen=True)
 class ResolvedRule:
     rule: PortRule
-    source: IPv4Network | None  # None: from anywhere
+    sources: tuple[IPv4Network, ...]  # empty: from anywhere
+
+    @property
+    def source(self) -> IPv4Network | None:
+        """The one source network (None: from anywhere); `sources` when there are several."""
+        if len(self.sources) > 1:
+            raise ValueError(f"{self.comment} has several sources; read .sources")
+        return self.sources[0] if self.sources else None
 
     @property
     def comment(self) -> str:
@@ -33,20 +43,30 @@ class ResolvedRule:
         return f"{self.rule.service}: {self.rule.purpose}{optional}"
 
 
-def scope_network(inv: Inventory, scope: Scope) -> IPv4Network | None:
-    """The source network of a scope; None for `any`. Raises LookupError if it has none."""
+def provisioning_subnets(inv: Inventory) -> tuple[IPv4Network, ...]:
+    """The provisioning network and every network DHCP serves, in inventory order."""
+    return tuple(n.subnet for n in inv.networks if n.name == "provisioning" or n.dhcp is not None)
+
+
+def _fallback(inv: Inventory, name: Literal["production", "management"]) -> tuple[IPv4Network, ...]:
+    net = inv.network(name)
+    return (net.subnet,) if net is not None else provisioning_subnets(inv)
+
+
+def scope_networks(inv: Inventory, scope: Scope) -> tuple[IPv4Network, ...]:
+    """The source networks of a scope; empty for `any`. Raises LookupError if it has none."""
     if scope == "any":
-        return None
+        return ()
     if scope == "internal":
-        return internal_network(inv)
+        return (internal_network(inv),)
     if scope == "cluster":
-        return cluster_network(inv).subnet
+        return _fallback(inv, "production")
     if scope == "management":
-        return (inv.network("management") or inv.provisioning).subnet
+        return _fallback(inv, "management")
     storage = inv.network("storage")
     if storage is None:
         raise LookupError("the inventory has no storage network")
-    return storage.subnet
+    return (storage.subnet,)
 
 
 def resolved_rules(inv: Inventory, profile: Profile) -> list[ResolvedRule]:
@@ -54,7 +74,7 @@ def resolved_rules(inv: Inventory, profile: Profile) -> list[ResolvedRule]:
     resolved: list[ResolvedRule] = []
     for rule in rules_for(profile.services):
         try:
-            resolved.append(ResolvedRule(rule, scope_network(inv, rule.source)))
+            resolved.append(ResolvedRule(rule, scope_networks(inv, rule.source)))
         except LookupError:
             continue
     return resolved
@@ -62,7 +82,10 @@ def resolved_rules(inv: Inventory, profile: Profile) -> list[ResolvedRule]:
 
 def _nft_match(r: ResolvedRule) -> str:
     port = f"{r.rule.port}-{r.rule.port_end}" if r.rule.port_end else str(r.rule.port)
-    source = f"ip saddr {r.source} " if r.source is not None else ""
+    if len(r.sources) > 1:
+        source = f"ip saddr {{ {', '.join(map(str, r.sources))} }} "
+    else:
+        source = f"ip saddr {r.sources[0]} " if r.sources else ""
     return f'{source}{r.rule.proto} dport {port} accept comment "{r.comment}"'
 
 
@@ -107,7 +130,8 @@ def iptables_rules(inv: Inventory, name: str, profile: Profile) -> str:
     ]
     for r in resolved_rules(inv, profile):
         port = f"{r.rule.port}:{r.rule.port_end}" if r.rule.port_end else str(r.rule.port)
-        source = f"-s {r.source} " if r.source is not None else ""
+        # iptables-restore expands a comma-separated -s into one rule per network.
+        source = f"-s {','.join(map(str, r.sources))} " if r.sources else ""
         lines.append(
             f"-A INPUT {source}-p {r.rule.proto} -m {r.rule.proto} --dport {port} "
             f'-m comment --comment "{r.comment}" -j ACCEPT'
@@ -130,7 +154,7 @@ def nixos_firewall(inv: Inventory, name: str, profile: Profile) -> str:
     ranges: list[str] = []
     restricted: list[str] = []
     for r in resolved_rules(inv, profile):
-        if r.source is not None:
+        if r.sources:
             restricted.append(f"      {_nft_match(r)}")
         elif r.rule.port_end:
             ranges.append(f"{{ from = {r.rule.port}; to = {r.rule.port_end}; }}")

@@ -152,17 +152,23 @@ def install_script(inv: Inventory, node: Node, base_url: str, *, kernel_args: st
 
 
 def _local_disk_lines() -> list[str]:
+    """`sanboot` the first BIOS disk; where that fails (always under UEFI): `exit 1`.
+
+    The exit status must be non-zero: UEFI firmware (EDK2/OVMF) treats a boot option that
+    returns success as done and opens its boot manager menu, while an error makes it try
+    the next entry of its boot order, the disk. BIOS tries the next device either way.
+    """
     return [
         "echo Booting from the local disk",
         "sanboot --no-describe --drive 0x80 || goto local-failed",
         ":local-failed",
-        "echo Local disk boot failed: handing back to the firmware boot order",
-        "exit",
+        "echo Handing back to the firmware boot order (next entry: the local disk)",
+        "exit 1",
     ]
 
 
 def local_disk_script() -> str:
-    """Boot the first BIOS disk; `exit` lets the firmware try its next boot entry."""
+    """Boot the local disk: the firmware's next boot entry gets it (see above)."""
     return _script(_local_disk_lines())
 
 

@@ -107,12 +107,16 @@ def _subnet(inv: Inventory, net: Network, subnet_id: int) -> dict[str, Any]:
     }
     if net.dhcp.pool is not None and net.dhcp.mode == "full":
         subnet["pools"] = [{"pool": f"{net.dhcp.pool.start} - {net.dhcp.pool.end}"}]
-    if net.name == "provisioning":
-        subnet["reservations"] = [
-            {"hw-address": mac, "ip-address": str(node.provisioning_ip), "hostname": node.hostname}
-            for node in inv.nodes
-            for mac in node.macs
-        ]
+    # Each node is reserved in the subnet holding its address (one per rack in a fleet).
+    subnet["reservations"] = [
+        {"hw-address": mac, "ip-address": str(node.provisioning_ip), "hostname": node.hostname}
+        for node in inv.nodes
+        if node.provisioning_ip in net.subnet
+        for mac in node.macs
+    ]
+    if net.dhcp.relays:
+        # A giaddr listed here selects this subnet even outside it (Kea's "relay").
+        subnet["relay"] = {"ip-addresses": [str(relay) for relay in net.dhcp.relays]}
     return subnet
 
 

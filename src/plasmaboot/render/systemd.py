@@ -5,8 +5,11 @@ profile only gets the units of services it runs (a worker has no FlareDB or IAM)
 files make a finished stage a no-op on later boots (ConditionPathExists=!marker), and the
 agent's exit code 2 ("already a member") counts as success.
 
-Units only name units that exist. With store etcd the store stage runs after etcd.service
-(Debian's package and NixOS's services.etcd both define it). Nothing plasmaboot renders
+Units only name units that exist. With store etcd the store stage wants etcd.service
+(Debian's package and NixOS's services.etcd both define it) but does not wait for its
+start: a bootstrap member's etcd is "started" only once a quorum of its peers is up, and
+the node reports its first boot before that (the agent waits for etcd's health itself,
+bounded). Nothing plasmaboot renders
 defines chainfire/flaredb/iam.service, so unit files leave them out (the agent waits for
 each service's health itself) and the NixOS module orders after them only where the
 configuration defines them.
@@ -87,8 +90,8 @@ def units_for(profile: Profile, store: ClusterStore = "chainfire") -> list[First
     """The first-boot units of a profile, in start order: each one after the previous, a
     FlareDB join requiring the Chainfire join, the health check after all of them. With
     store etcd the store stage keeps the seeds' names (etcd stands in for Chainfire) and
-    wants and runs after etcd.service: that pulls etcd in at every boot (its marker only
-    skips the stage's own command), also where the package's unit is disabled."""
+    wants etcd.service: that pulls etcd in at every boot (its marker only skips the
+    stage's own command), also where the package's unit is disabled."""
     stages = [stage for stage in _STAGES if stage[0] in profile.services]
     names = [f"{stage[1]}.service" for stage in stages]
     units: list[FirstBootUnit] = []
@@ -100,7 +103,7 @@ def units_for(profile: Profile, store: ClusterStore = "chainfire") -> list[First
                 name,
                 stage,
                 _ETCD_DESCRIPTION if etcd else description,
-                after=(*previous, _ONLINE, ETCD_UNIT) if etcd else (*previous, _ONLINE),
+                after=(*previous, _ONLINE),
                 after_if_defined=() if etcd else (f"{service}.service",),
                 before=(names[i + 1],) if i + 1 < len(names) else ("cluster-health-check.service",),
                 wants=(_ONLINE, ETCD_UNIT) if etcd else (_ONLINE,),

@@ -9,7 +9,7 @@ transaction, serialised by the database (never by a process's memory).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -162,6 +162,21 @@ class Store(Protocol):
     def events(
         self, hostname: str | None = None, limit: int | None = None, after: int = 0
     ) -> list[EventRecord]: ...
+    def events_page(
+        self,
+        after: int,
+        limit: int,
+        *,
+        nodes: Collection[str] | None = None,
+        states: Collection[str] | None = None,
+    ) -> list[EventRecord]:
+        """The first `limit` events after id `after`, oldest first: a reader pages forward
+        with the last id it got. `nodes` keeps the events of those nodes; `states` those
+        whose node was in one of them before or after the event. Event ids commit in id
+        order (one writer at a time in SQLite, the event lock in PostgreSQL), so a reader
+        paging this way never skips an event that commits later."""
+        ...
+
     def state_counts(self) -> dict[str, int]: ...
     def set_hardware(self, hostname: str, facts: dict[str, Any]) -> None:
         """Keep the hardware facts the installer agent reported (replacing older ones);

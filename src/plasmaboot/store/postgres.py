@@ -17,7 +17,7 @@ memory could not guarantee, the database does:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -348,19 +348,44 @@ class PostgresStore:
             args.append(limit)
         with self._pool.connection() as conn:
             rows = conn.execute(sql, args).fetchall()
-        return [
-            EventRecord(
-                r["id"],
-                r["ts"],
-                r["node"],
-                r["from_state"],
-                r["to_state"],
-                r["event"],
-                r["actor"],
-                r["detail"],
-            )
-            for r in rows
-        ]
+        return [self._event(r) for r in rows]
+
+    def events_page(
+        self,
+        after: int,
+        limit: int,
+        *,
+        nodes: Collection[str] | None = None,
+        states: Collection[str] | None = None,
+    ) -> list[EventRecord]:
+        """Oldest first, the first `limit` after `after` (base.py); the event lock makes
+        ids commit in order, so paging by the last id never skips one committed late."""
+        sql = "SELECT * FROM events WHERE id > %s"
+        args: list[Any] = [after]
+        if nodes is not None:
+            sql += " AND node = ANY(%s)"
+            args.append(list(nodes))
+        if states is not None:
+            sql += " AND (from_state = ANY(%s) OR to_state = ANY(%s))"
+            args.extend([list(states), list(states)])
+        sql += " ORDER BY id LIMIT %s"
+        args.append(limit)
+        with self._pool.connection() as conn:
+            rows = conn.execute(sql, args).fetchall()
+        return [self._event(r) for r in rows]
+
+    @staticmethod
+    def _event(r: DictRow) -> EventRecord:
+        return EventRecord(
+            r["id"],
+            r["ts"],
+            r["node"],
+            r["from_state"],
+            r["to_state"],
+            r["event"],
+            r["actor"],
+            r["detail"],
+        )
 
     def state_counts(self) -> dict[str, int]:
         with self._pool.connection() as conn:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -327,19 +327,43 @@ class SqliteStore:
         if limit is not None:
             sql = f"SELECT * FROM ({sql} DESC LIMIT ?) ORDER BY id"
             args.append(limit)
-        return [
-            EventRecord(
-                r["id"],
-                r["ts"],
-                r["node"],
-                r["from_state"],
-                r["to_state"],
-                r["event"],
-                r["actor"],
-                json.loads(r["detail"]),
-            )
-            for r in self._conn.execute(sql, args)
-        ]
+        return [self._event(r) for r in self._conn.execute(sql, args)]
+
+    def events_page(
+        self,
+        after: int,
+        limit: int,
+        *,
+        nodes: Collection[str] | None = None,
+        states: Collection[str] | None = None,
+    ) -> list[EventRecord]:
+        """Oldest first, the first `limit` after `after` (base.py); one writer at a time
+        commits ids in order, so paging by the last id never skips one."""
+        sql = "SELECT * FROM events WHERE id > ?"
+        args: list[Any] = [after]
+        if nodes is not None:
+            sql += f" AND node IN ({', '.join('?' * len(nodes))})"
+            args.extend(nodes)
+        if states is not None:
+            marks = ", ".join("?" * len(states))
+            sql += f" AND (from_state IN ({marks}) OR to_state IN ({marks}))"
+            args.extend([*states, *states])
+        sql += " ORDER BY id LIMIT ?"
+        args.append(limit)
+        return [self._event(r) for r in self._conn.execute(sql, args)]
+
+    @staticmethod
+    def _event(r: sqlite3.Row) -> EventRecord:
+        return EventRecord(
+            r["id"],
+            r["ts"],
+            r["node"],
+            r["from_state"],
+            r["to_state"],
+            r["event"],
+            r["actor"],
+            json.loads(r["detail"]),
+        )
 
     def state_counts(self) -> dict[str, int]:
         rows = self._conn.execute("SELECT state, COUNT(*) FROM nodes GROUP BY state")

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from plasmaboot.boot import paths
 from plasmaboot.provision import Provisioner
 from plasmaboot.provision.tokens import constant_time_equal
-from plasmaboot.web import api, boot, observe
+from plasmaboot.web import api, boot, events, observe
 
 log = logging.getLogger("plasmaboot.http")
 
@@ -158,6 +158,15 @@ ROUTES: tuple[Route, ...] = (
         "Events after an id (?after=&node=&limit=)",
     ),
     Route(
+        "GET",
+        "/api/v1/events/stream",
+        events.event_stream,
+        "admin",
+        "Server-sent events of every stored event, live; resumable with Last-Event-ID "
+        "(?node=&state=, repeatable; ?after=)",
+        content="text/event-stream",
+    ),
+    Route(
         "POST",
         "/api/v1/inventory/reload",
         reload_inventory,
@@ -218,6 +227,7 @@ def build_app(
             app.router.add_get(route.path, _guarded(route), allow_head=True)
         else:
             app.router.add_route(route.method, route.path, _guarded(route))
+    events.install(app, provisioner)
     collector = observe.LifecycleCollector(provisioner)
 
     async def register(_: web.Application) -> Any:

@@ -1,0 +1,127 @@
+"""The whole chain, nothing simulated, on four QEMU VMs (TCG) in a namespace of its own:
+
+firmware PXE -> plasmaboot DHCP -> iPXE -> the installer image (Debian initramfs) -> the
+installer agent reports the machine -> serve runs `plasmaboot lab install` over SSH with
+the node's files (cluster-config.json, CA, node certificate, rendered units) -> the VM
+reboots, iPXE gets the local-disk script, the VM boots Debian from its own disk -> systemd
+runs the first-boot units plasmaboot rendered -> etcd (standing in for Chainfire) forms
+from node01-03 over TLS from plasmaboot's CA, node04 joins -> every node `active`.
+
+Debian stands in for NixOS (it cannot be built offline) and etcd for Chainfire.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from plasmaboot.lab.installer_image import build_installer_image, lab_ssh_key
+from plasmaboot.lab.os_image import build_os_image
+from plasmaboot.lab.runner import Lab
+from plasmaboot.lifecycle import State
+from plasmaboot.provision.timeline import PHASES, phase_seconds
+
+ROOT = Path(__file__).resolve().parents[2]
+CHAIN = ROOT / "examples/lab/cluster.yaml"
+IMAGE_CACHE = Path.home() / ".cache" / "plasmaboot" / "lab-image"
+NAMES = ["node01", "node02", "node03", "node04"]
+CHAIN_TIMEOUT_S = 1500
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.timeout(CHAIN_TIMEOUT_S + 900),
+    pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root for namespaces and taps"),
+    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="QEMU not installed"),
+]
+
+SEQUENCE = [
+    (None, "enrolled", "enroll"),
+    ("enrolled", "pxe-booting", "pxe-boot"),
+    ("pxe-booting", "installer-booted", "installer-booted"),
+    ("installer-booted", "installing", "install-started"),
+    ("installing", "installed", "installed"),
+    ("installed", "first-boot", "first-boot"),
+    ("first-boot", "joining", "join-started"),
+    ("joining", "active", "joined"),
+]
+
+
+def ssh(lab: Lab, ip: str, command: str) -> subprocess.CompletedProcess[str]:
+    argv = ["ssh", "-i", str(lab_ssh_key(IMAGE_CACHE)), "-F", "/dev/null",
+            "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+            "-o", "ConnectTimeout=10", f"root@{ip}", command]  # fmt: skip
+    return subprocess.run(lab.network.exec_argv(*argv), capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+
+
+def explain(lab: Lab) -> str:
+    parts = []
+    for name in NAMES:
+        console = lab.vm_spec(name).console_log
+        tail = console.read_text(errors="replace")[-2500:] if console.exists() else "-"
+        parts.append(f"--- {name}: {lab.events(name)}\n{tail}")
+    serve = lab.server_log.read_text(errors="replace")[-4000:]
+    return "\n".join(parts) + f"\n--- serve log:\n{serve}"
+
+
+def test_four_machines_install_boot_from_disk_and_form_a_cluster(tmp_path: Path) -> None:
+    lab = Lab(tmp_path / "lab", CHAIN, netns="pbchain", firmware="bios")
+    build_installer_image(lab.assets, cache=IMAGE_CACHE, progress=print)
+    build_os_image(IMAGE_CACHE, progress=print)
+    try:
+        lab.create_network()
+        lab.start_server()
+        for name in NAMES:
+            lab.start_vm(name)
+        reached = lab.wait_for(NAMES, State.ACTIVE, CHAIN_TIMEOUT_S)
+        assert reached, explain(lab)
+
+        for name in NAMES:
+            records = lab.event_records(name)
+            transitions = [(e.from_state, e.to_state, e.event) for e in records
+                           if e.to_state is not None]  # fmt: skip
+            assert transitions == SEQUENCE, (name, transitions)
+            # the installer agent's facts, the install's own output, the OS's reports
+            booted = next(e for e in records if e.event == "installer-booted")
+            assert booted.detail["hardware"]["memory_bytes"] > 900 << 20
+            output = [line for e in records if e.event == "install-output"
+                      for line in e.detail["lines"]]  # fmt: skip
+            assert any("] write-root: " in line for line in output), output
+            assert any("] extra-files: " in line for line in output), output
+            joined = next(e for e in records if e.event == "joined")
+            stages = {s["stage"]: s["status"] for s in joined.detail["stages"]}
+            assert stages == {"health-check": "done"}, joined.detail
+            print(name, {p: round(s) for p, s in phase_seconds(records).items()})
+            assert set(phase_seconds(records)) == set(PHASES)
+
+        node01 = lab.inventory.node("node01")
+        assert node01 is not None
+        ip = str(node01.provisioning_ip)
+        # On the installed disk, run by systemd: the rendered units and etcd with TLS.
+        units = ssh(lab, ip, "systemctl is-active etcd.service chainfire-cluster-join.service; "
+                    "stat -c '%a %n' /etc/nixos/secrets/cluster-config.json "
+                    "/etc/nixos/secrets/node01.key; findmnt -no SOURCE /")  # fmt: skip
+        assert units.returncode == 0, units.stdout + units.stderr
+        lines = units.stdout.split()
+        assert lines[:2] == ["active", "active"], units.stdout
+        assert "600 /etc/nixos/secrets/cluster-config.json" in units.stdout
+        assert "600 /etc/nixos/secrets/node01.key" in units.stdout
+        assert lines[-1] == "/dev/vda2", "the root is the VM's own disk"
+        # plasmaboot's own verifier, on the node, over TLS with the node's certificate
+        verify = ssh(lab, ip, "plasmaboot cluster verify --json --expect-members 4 "
+                     "-c /etc/nixos/secrets/cluster-config.json")  # fmt: skip
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        report = json.loads(verify.stdout)
+        print(report)
+        text = json.dumps(report)
+        for name in NAMES:
+            assert f'"{name}"' in text, (name, report)
+    finally:
+        lab.down()
+        assert not lab.network.exists()

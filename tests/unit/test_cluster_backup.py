@@ -1,0 +1,323 @@
+"""``cluster backup`` and ``cluster restore`` without a real store: the snapshot stream of a
+fake etcd gateway (the format checked against etcd 3.4 in
+tests/integration/test_cluster_backup_restore.py), atomic output, backup verification, and
+the restore plan and its runners."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from plasmaboot.cluster import backup as backup_module
+from plasmaboot.cluster import cli as cluster_cli
+from plasmaboot.cluster.backup import BackupError, check_snapshot_file, take_backup
+from plasmaboot.cluster.restore import (
+    LocalRunner,
+    NodePath,
+    RestoreError,
+    Run,
+    SshRunner,
+    Upload,
+    plan_restore,
+    restore_members,
+    run_plan,
+    verify_backup,
+)
+from plasmaboot.firstboot.config import build_config
+from plasmaboot.inventory import parse_inventory
+from plasmaboot.render.etcd import JOIN_ENV
+
+DB = bytes(range(256)) * 300  # stands in for etcd's bbolt file
+SNAPSHOT = DB + hashlib.sha256(DB).digest()
+URLS = {"node01": "http://10.0.0.11:2379", "node02": "http://10.0.0.12:2379"}
+
+
+def stream(data: bytes, chunk: int = 32768) -> bytes:
+    """The gateway's newline-separated messages, as etcd 3.4 sends them."""
+    lines = []
+    for start in range(0, len(data), chunk):
+        blob = data[start : start + chunk]
+        result: dict[str, Any] = {"blob": base64.b64encode(blob).decode()}
+        remaining = len(data) - start - len(blob)
+        if remaining:
+            result["remaining_bytes"] = str(remaining)
+        lines.append(json.dumps({"result": result}))
+    return ("\n".join(lines) + "\n").encode()
+
+
+class FakeGateway:
+    """node01 leads; `snapshots` maps a member's host to the body its snapshot call returns."""
+
+    def __init__(self, snapshots: dict[str, bytes] | None = None) -> None:
+        self.snapshots = snapshots or {}
+        self.snapshot_calls: list[str] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        path, host = request.url.path, request.url.host
+        header = {"cluster_id": "42", "member_id": "1", "revision": "17", "raft_term": "3"}
+        if path == "/v3/cluster/member/list":
+            members = [
+                {"ID": str(i), "name": name, "peerURLs": [url.replace("2379", "2380")],
+                 "clientURLs": [url]}
+                for i, (name, url) in enumerate(URLS.items(), start=1)
+            ]  # fmt: skip
+            return httpx.Response(200, json={"header": header, "members": members})
+        if path == "/v3/maintenance/status":
+            return httpx.Response(200, json={"header": header, "leader": "1", "version": "3.4"})
+        if path == "/health":
+            return httpx.Response(200, json={"health": "true"})
+        if path == "/v3/maintenance/snapshot":
+            self.snapshot_calls.append(host)
+            return httpx.Response(200, content=self.snapshots.get(host, stream(SNAPSHOT)))
+        return httpx.Response(404)
+
+
+def plan_for(backend: str = "etcd") -> Any:
+    return build_config(
+        {
+            "node_id": "node01",
+            "bootstrap": False,
+            "cluster_name": "prod",
+            "cluster_backend": backend,
+            "leader_url": URLS["node01"],
+            "member_urls": list(URLS.values()),
+            "raft_addr": "10.0.0.11:2380",
+            "flaredb_enabled": False,
+        }
+    )
+
+
+@pytest.fixture(autouse=True)
+def no_etcdctl(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backup_module, "etcdctl_status", lambda path: None)
+
+
+def backup(tmp_path: Path, gateway: FakeGateway, backend: str = "etcd") -> Path:
+    out = tmp_path / "backup"
+    with httpx.Client(transport=httpx.MockTransport(gateway)) as client:
+        take_backup(plan_for(backend), client, out)
+    return out
+
+
+def test_snapshot_trailer_is_the_sha256_of_the_rest(tmp_path: Path) -> None:
+    path = tmp_path / "snap.db"
+    path.write_bytes(SNAPSHOT)
+    check = check_snapshot_file(path)
+    assert check.trailer_ok and check.size == len(SNAPSHOT)
+    assert check.sha256 == hashlib.sha256(SNAPSHOT).hexdigest()
+    path.write_bytes(SNAPSHOT[:-1] + b"\x00")
+    assert not check_snapshot_file(path).trailer_ok
+    path.write_bytes(b"short")
+    assert not check_snapshot_file(path).trailer_ok
+
+
+def test_backup_streams_the_leader_snapshot_into_a_0600_file_with_a_manifest(
+    tmp_path: Path,
+) -> None:
+    gateway = FakeGateway()
+    out = backup(tmp_path, gateway)
+    assert gateway.snapshot_calls == ["10.0.0.11"]
+    assert (out / "chainfire.db").read_bytes() == SNAPSHOT
+    assert (out / "chainfire.db").stat().st_mode & 0o777 == 0o600
+    manifest = json.loads((out / "manifest.json").read_text())
+    [entry] = manifest["snapshots"]
+    assert entry["member"] == {
+        "name": "node01", "id": "1", "client_url": URLS["node01"], "role": "leader"
+    }  # fmt: skip
+    assert (entry["cluster_id"], entry["revision"], entry["raft_term"]) == ("42", 17, 3)
+    assert entry["sha256"] == hashlib.sha256(SNAPSHOT).hexdigest()
+    assert manifest["cluster_name"] == "prod" and manifest["taken_with"] == "node01"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backup"]
+
+
+def test_a_snapshot_aborted_by_the_leader_is_taken_from_a_follower(tmp_path: Path) -> None:
+    aborted = stream(SNAPSHOT)[:40000] + b'\n{"error":{"grpc_code":14,"message":"closing"}}\n'
+    gateway = FakeGateway({"10.0.0.11": aborted})
+    out = backup(tmp_path, gateway)
+    assert gateway.snapshot_calls == ["10.0.0.11", "10.0.0.12"]
+    entry = json.loads((out / "manifest.json").read_text())["snapshots"][0]
+    assert entry["member"]["name"] == "node02" and entry["member"]["role"] == "follower"
+    assert (out / "chainfire.db").read_bytes() == SNAPSHOT
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (stream(SNAPSHOT)[:50000], "the stream broke off mid-message"),
+        (b"\n".join(stream(SNAPSHOT).split(b"\n")[:2]), "bytes still due"),
+        (stream(DB + bytes(32)), "does not match its own sha256 trailer"),
+        (b'{"error":{"grpc_code":14,"message":"etcdserver: stopped"}}\n', "etcdserver: stopped"),
+    ],
+)
+def test_no_complete_snapshot_fails_naming_every_member_and_leaves_nothing(
+    tmp_path: Path, body: bytes, why: str
+) -> None:
+    gateway = FakeGateway({"10.0.0.11": body, "10.0.0.12": body})
+    with pytest.raises(BackupError) as error:
+        backup(tmp_path, gateway)
+    assert why in str(error.value)
+    assert "node01 (http://10.0.0.11:2379)" in str(error.value)
+    assert "node02 (http://10.0.0.12:2379)" in str(error.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_backup_never_writes_into_a_non_empty_directory(tmp_path: Path) -> None:
+    (tmp_path / "backup").mkdir()
+    (tmp_path / "backup" / "old").write_text("x")
+    with pytest.raises(BackupError, match="not an empty directory"):
+        backup(tmp_path, FakeGateway())
+    (tmp_path / "backup" / "old").unlink()
+    backup(tmp_path, FakeGateway())  # an empty one is fine
+
+
+def test_chainfire_backend_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(BackupError, match="chainfire backend offers no snapshot API"):
+        backup(tmp_path, FakeGateway(), backend="chainfire")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_verify_backup_refuses_damage_before_anything_is_touched(tmp_path: Path) -> None:
+    out = backup(tmp_path, FakeGateway())
+    assert verify_backup(out).snapshot == out / "chainfire.db"
+    snapshot = out / "chainfire.db"
+    snapshot.write_bytes(SNAPSHOT[:-10])
+    with pytest.raises(RestoreError, match="bytes, the manifest says"):
+        verify_backup(out)
+    snapshot.write_bytes(SNAPSHOT[:100] + b"\xff" + SNAPSHOT[101:])
+    with pytest.raises(RestoreError, match="does not match the manifest"):
+        verify_backup(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["snapshots"][0]["sha256"] = hashlib.sha256(snapshot.read_bytes()).hexdigest()
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RestoreError, match="trailer does not match"):
+        verify_backup(out)
+    with pytest.raises(RestoreError, match=r"manifest\.json: missing"):
+        verify_backup(tmp_path)
+
+
+INVENTORY: dict[str, Any] = {
+    "cluster": {"name": "prod", "domain": "example.test", "store": "etcd"},
+    "networks": [{"name": "provisioning", "vlan": 100, "subnet": "10.0.0.0/24"}],
+    "server": {"provisioning_ip": "10.0.0.1"},
+    "profiles": {
+        "control-plane": {"role": "control-plane", "services": ["chainfire"], "image": "x"},
+        "worker": {"role": "worker", "services": ["chainfire"], "image": "x"},
+    },
+    "images": {"x": {"kernel": "x/vmlinuz", "initrd": "x/initrd"}},
+    "nodes": [
+        {
+            "hostname": f"node0{i}",
+            "macs": [f"52:54:00:00:00:0{i}"],
+            "profile": "control-plane" if i < 4 else "worker",
+            "provisioning_ip": f"10.0.0.1{i}",
+            "bootstrap": i < 4,
+        }
+        for i in (1, 2, 3, 4)
+    ],
+}
+
+
+def test_restore_plan_checks_and_stops_everything_before_it_restores_anything() -> None:
+    members = restore_members(parse_inventory(INVENTORY))
+    assert [m.name for m in members] == ["node01", "node02", "node03", "node04"]
+    steps = plan_restore(members, Path("/b/chainfire.db"), "STAMP")
+    phases = [s.phase for s in steps]
+    assert phases == sorted(phases, key=["check", "stop", "restore", "start"].index)
+    restore = next(
+        s.action.argv
+        for s in steps
+        if s.member.name == "node02" and isinstance(s.action, Run) and "restore" in s.action.argv
+    )
+    cluster = ",".join(f"node0{i}=https://10.0.0.1{i}:2380" for i in (1, 2, 3, 4))
+    assert restore == (
+        "env", "ETCDCTL_API=3", "etcdctl", "snapshot", "restore",
+        "/var/lib/etcd/prod.restore-STAMP.db", "--name", "node02", "--initial-cluster", cluster,
+        "--initial-cluster-token", "prod", "--initial-advertise-peer-urls",
+        "https://10.0.0.12:2380", "--data-dir", "/var/lib/etcd/prod.restore-STAMP",
+    )  # fmt: skip
+    assert isinstance(restore[5], NodePath) and isinstance(restore[-1], NodePath)
+    env_files = [s for s in steps if isinstance(s.action, Upload) and s.action.data is not None]
+    assert [s.member.name for s in env_files] == ["node04"]  # the joiner's unit needs it
+    assert env_files[0].action.target == JOIN_ENV
+    starts = [s.action.argv for s in steps if s.phase == "start"]
+    assert starts == [("systemctl", "start", "--no-block", "etcd.service")] * 4
+
+
+def test_restore_refuses_a_chainfire_inventory() -> None:
+    doc = {**INVENTORY, "cluster": {**INVENTORY["cluster"], "store": "chainfire"}}
+    with pytest.raises(RestoreError, match="only the etcd store"):
+        restore_members(parse_inventory(doc))
+
+
+def test_ssh_runner_runs_each_step_as_root_in_batch_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str]] = []
+
+    def fake_run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        calls.append(argv)
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    member = restore_members(parse_inventory(INVENTORY))[0]
+    runner = SshRunner(["IdentityFile=/k"])
+    assert runner.run(member, ["rm", "-f", NodePath("/var/lib/etcd/a b")]).ok
+    options = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "IdentityFile=/k"]
+    assert calls[-1] == ["ssh", *options, "root@10.0.0.11", "rm -f '/var/lib/etcd/a b'"]
+    assert runner.upload(member, Upload(NodePath("/etc/x.env"), data=b"A=1\n", mode=0o644)).ok
+    assert calls[-1][:-1] == ["ssh", *options, "root@10.0.0.11"]
+    assert calls[-1][-1].startswith("sh -c 'umask 077 && mkdir -p -- ")
+    assert calls[-1][-1].endswith(" sh /etc/x.env 644")
+
+
+def test_local_swap_keeps_the_previous_data_dir(tmp_path: Path) -> None:
+    member = restore_members(parse_inventory(INVENTORY))[0]
+    steps = [s for s in plan_restore([member], tmp_path / "x.db", "S") if "swap" in s.what]
+    base = tmp_path / "node01" / "var" / "lib" / "etcd"
+    (base / "prod" / "member").mkdir(parents=True)
+    (base / "prod.restore-S" / "member").mkdir(parents=True)
+    (base / "prod.restore-S" / "member" / "new").touch()
+    lines: list[str] = []
+    run_plan(steps, LocalRunner(tmp_path), lines.append)
+    assert (base / "prod" / "member" / "new").exists()
+    assert (base / "prod.before-restore-S" / "member").is_dir()
+    assert lines == [f"[restore] node01 (10.0.0.11): {steps[0].what}"]
+
+
+def test_failed_step_stops_the_restore_naming_member_and_output(tmp_path: Path) -> None:
+    member = restore_members(parse_inventory(INVENTORY))[1]
+    steps = [s for s in plan_restore([member], tmp_path / "x.db", "S") if "swap" in s.what]
+    with pytest.raises(RestoreError) as error:
+        run_plan(steps, LocalRunner(tmp_path), lambda line: None)
+    assert "node02 (10.0.0.12): restore step 'swap" in str(error.value)
+    assert "No such file or directory" in str(error.value)
+
+
+def test_restore_without_yes_prints_the_plan_and_touches_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = backup(tmp_path, FakeGateway())
+    inventory = tmp_path / "cluster.yaml"
+    inventory.write_text(yaml.safe_dump(INVENTORY))
+
+    def never(*args: Any) -> None:
+        raise AssertionError("a step ran without --yes")
+
+    monkeypatch.setattr(cluster_cli, "run_plan", never)
+    args = ["restore", "--backup", str(out), "-c", str(inventory)]
+    result = CliRunner().invoke(cluster_cli.app, args)
+    assert result.exit_code == 1
+    assert "[stop] node04: stop etcd.service" in result.output
+    assert "pass --yes" in result.output
+    other = {**INVENTORY, "cluster": {**INVENTORY["cluster"], "name": "staging"}}
+    inventory.write_text(yaml.safe_dump(other))
+    result = CliRunner().invoke(cluster_cli.app, [*args, "--yes"])
+    assert result.exit_code == 1
+    assert "backup of cluster prod" in result.output

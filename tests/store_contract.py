@@ -8,8 +8,10 @@ tests/unit/test_store.py, PostgreSQL in tests/integration/test_store_postgres.py
 from __future__ import annotations
 
 import copy
+import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import yaml
 
 from plasmaboot.inventory import Inventory, parse_inventory
 from plasmaboot.lifecycle import Event, IllegalTransition, State
+from plasmaboot.provision.tokens import AgentTokens, signing_key
 from plasmaboot.store import Lease, LeaseConflict, Store, Token, UnknownNode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +55,28 @@ FUTURE = 1e10  # an expiry that has not come
 
 def bound(ip: str, key: str, mac: str, expires_at: float = FUTURE) -> Lease:
     return Lease(ip, key, mac, "bound", expires_at)
+
+
+def together(*calls: Callable[[], Any]) -> tuple[list[Any], list[BaseException]]:
+    """Run `calls` in threads released at one instant; (results, errors)."""
+    start = threading.Barrier(len(calls))
+    results: list[Any] = []
+    errors: list[BaseException] = []
+
+    def run(call: Callable[[], Any]) -> None:
+        start.wait(timeout=10)
+        try:
+            results.append(call())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(call,), daemon=True) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads), "a racing call never returned"
+    return results, errors
 
 
 class StoreContract:
@@ -159,6 +184,27 @@ class StoreContract:
         store.transition("node01", Event.PXE_BOOT, "dhcp", expect=State.ENROLLED)
         with pytest.raises(IllegalTransition):  # the same event again: not from here
             store.transition("node01", Event.PXE_BOOT, "dhcp")
+
+    def test_two_connections_racing_one_transition_exactly_one_wins(
+        self, store: Store, open_store: OpenStore
+    ) -> None:
+        """Two servers (two connections) fire pxe-boot for one node at the same instant:
+        the database serialises them, so one moves it and the other is refused."""
+        store.import_inventory(lab())
+        other = open_store()
+        try:
+            for name in ("node01", "node02", "node03", "node04"):
+                won, refused = together(
+                    partial(store.transition, name, Event.PXE_BOOT, "server-a"),
+                    partial(other.transition, name, Event.PXE_BOOT, "server-b"),
+                )
+                assert len(won) == 1 and [type(e) for e in refused] == [IllegalTransition]
+                assert won[0].from_state == "enrolled" and won[0].to_state == "pxe-booting"
+                assert [e.event for e in other.events(name)] == ["enroll", "pxe-boot"]
+                node = store.get_node(name)
+                assert node is not None and node.state is State.PXE_BOOTING
+        finally:
+            other.close()
 
     def test_record_logs_without_changing_state(self, store: Store) -> None:
         store.import_inventory(lab())
@@ -312,6 +358,43 @@ class StoreContract:
         assert store.delete_lease("10.77.0.100", expires_at=2000.0)
         assert store.leases() == [] and not store.delete_lease("10.77.0.100")
 
+    # ---- secrets and tokens ------------------------------------------------------------
+
+    def test_a_secret_is_made_once_and_every_connection_gets_it(
+        self, store: Store, open_store: OpenStore
+    ) -> None:
+        assert store.secret("agent-token", b"a" * 32) == b"a" * 32
+        other = open_store()
+        try:
+            assert other.secret("agent-token", b"b" * 32) == b"a" * 32, "the first one stays"
+            assert store.secret("another", b"\x00\xff") == b"\x00\xff"  # any bytes
+            for n in range(5):  # two servers starting together: one key for both
+                got, errors = together(
+                    partial(store.secret, f"race{n}", b"one"),
+                    partial(other.secret, f"race{n}", b"two"),
+                )
+                assert errors == [] and len(got) == 2 and got[0] == got[1] in (b"one", b"two")
+        finally:
+            other.close()
+
+    def test_a_boot_token_signed_through_one_connection_is_exchanged_through_another(
+        self, store: Store, open_store: OpenStore, tmp_path: Path
+    ) -> None:
+        store.import_inventory(lab())
+        store.transition("node01", Event.PXE_BOOT, "dhcp")
+        other = open_store()
+        try:
+            issuer = AgentTokens(store, signing_key(store, tmp_path / "a"))
+            checker = AgentTokens(other, signing_key(other, tmp_path / "b"))
+            assert issuer.key == checker.key and len(issuer.key) == 32
+            boot = issuer.issue_boot("node01")
+            node = other.get_node("node01")
+            assert node is not None
+            session = checker.exchange(boot, node)
+            assert issuer.verify_session(session).hostname == "node01"
+        finally:
+            other.close()
+
     # ---- tokens ------------------------------------------------------------------------
 
     def test_a_token_hash_can_be_claimed_once(self, store: Store) -> None:
@@ -330,3 +413,14 @@ class StoreContract:
         assert store.get_token("s2") is not None, "another node's tokens are not touched"
         # a spent boot token stays spent after a revocation: its replay is still refused
         assert not store.claim_token(Token("h1", "node01", "boot", 3.0, 100.0, 3.0))
+
+    def test_tokens_are_listed_by_purpose_oldest_first(self, store: Store) -> None:
+        store.claim_token(Token("w1", "admin:ci", "admin-write", 2.0, 100.0, None))
+        store.claim_token(Token("r1", "admin:grafana", "admin-read", 1.0, 100.0, None))
+        store.claim_token(Token("s1", "node01", "session", 0.5, 100.0, None))
+        listed = store.list_tokens(["admin-read", "admin-write"])
+        assert [t.token_hash for t in listed] == ["r1", "w1"]
+        assert listed[0] == Token("r1", "admin:grafana", "admin-read", 1.0, 100.0, None)
+        assert store.list_tokens([]) == [] and store.list_tokens(["nothing"]) == []
+        store.revoke_tokens("admin:ci")
+        assert [t.token_hash for t in store.list_tokens(["admin-write"])] == []

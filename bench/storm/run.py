@@ -133,7 +133,7 @@ def storm_once(
             spy.wait(timeout=120)
         rss = running.peak_rss_mib()
         running.check_alive()
-        states = systems.node_states() if is_pb else {}
+        states = systems.node_states(run_dir) if is_pb else {}
     finally:
         running.stop()
         shutil.rmtree(run_dir / "www", ignore_errors=True)

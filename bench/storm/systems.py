@@ -24,6 +24,7 @@ import yaml
 from netns import CLIENT_IF, CLIENT_NS, SERVER_IF, SERVER_IP, SERVER_NS
 
 HTTP_PORT = 8080
+ADMIN_PORT = 8443  # the inventory's default server.admin port
 TFTP_ROOT = Path("/usr/lib/ipxe")
 KERNEL_MIB = 8
 ADMIN_TOKEN = "storm-bench-admin"
@@ -181,11 +182,14 @@ def start_plasmaboot(work: Path, inventory: Path, assets: Path) -> Running:
     return running
 
 
-def node_states(admin_token: str = ADMIN_TOKEN) -> dict[str, str]:
-    """Every node's lifecycle state, from the admin API (via the client namespace)."""
-    url = f"http://{SERVER_IP}:{HTTP_PORT}/api/v1/nodes"
+def node_states(work: Path, admin_token: str = ADMIN_TOKEN) -> dict[str, str]:
+    """Every node's lifecycle state, from the admin API: its listener is loopback (TLS, the
+    CA in the state dir) in the server's namespace, as the default server.admin says."""
+    url = f"https://127.0.0.1:{ADMIN_PORT}/api/v1/nodes"
+    ca = work / "pb-state" / "pki" / "ca.crt"
+    auth = f"Authorization: Bearer {admin_token}"
     done = subprocess.run(
-        in_ns(CLIENT_NS, ["curl", "-sf", "-H", f"Authorization: Bearer {admin_token}", url]),
+        in_ns(SERVER_NS, ["curl", "-sf", "--cacert", str(ca), "-H", auth, url]),
         capture_output=True, check=True,
     )  # fmt: skip
     return {n["hostname"]: n["state"] for n in json.loads(done.stdout)}

@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from plasmaboot import logs
 from plasmaboot.cli_common import (
     DEFAULT_STATE_DIR,
     ConfigOption,
@@ -31,6 +32,7 @@ from plasmaboot.lab.cli import app as lab_app
 from plasmaboot.operations import cli as operations_cli
 from plasmaboot.pki.cli import app as pki_app
 from plasmaboot.render.cli import render_command
+from plasmaboot.serve.cli import app as admin_app
 from plasmaboot.store import NodeRecord, Store, StoreError, open_store
 from plasmaboot.watch.cli import watch_command
 
@@ -42,6 +44,7 @@ app.add_typer(node_app, name="node")
 app.add_typer(lab_app, name="lab")
 app.add_typer(pki_app, name="pki", help="Cluster CA and node certificates (SANs, expiry).")
 app.add_typer(cluster_app, name="cluster", help="Operator checks of the running cluster.")
+app.add_typer(admin_app, name="admin", help="The admin API: scoped tokens.")
 app.command("render")(render_command)
 app.command("firstboot")(firstboot_command)
 app.command("rollout")(operations_cli.rollout)
@@ -242,6 +245,12 @@ def node_events(
 
 
 def main() -> None:
+    # Commands warn on stderr; `serve` (and `firstboot`) set up their own level and format.
+    try:
+        logs.configure(os.environ.get(logs.LEVEL_ENV) or "WARNING")
+    except ValueError as exc:
+        err.print(f"[red]logging:[/red] {exc}", highlight=False)
+        raise SystemExit(2) from None
     app()
 
 
@@ -263,6 +272,13 @@ def serve(
     dhcp_port: Annotated[int | None, typer.Option(help="Default: the inventory's (67).")] = None,
     tftp_port: Annotated[int | None, typer.Option(help="Default: the inventory's (69).")] = None,
     http_port: Annotated[int | None, typer.Option(help="Default: the inventory's (8080).")] = None,
+    admin_bind: Annotated[
+        str | None,
+        typer.Option(help="Address of the admin API (TLS). Default: server.admin (127.0.0.1)."),
+    ] = None,
+    admin_port: Annotated[
+        int | None, typer.Option(help="Port of the admin API. Default: server.admin (8443).")
+    ] = None,
     proxy_dhcp: Annotated[bool, typer.Option(help="ProxyDHCP beside another DHCP server.")] = False,
     dhcp: Annotated[bool, typer.Option(help="--no-dhcp serves TFTP and HTTP only.")] = True,
     assets: Annotated[
@@ -272,15 +288,24 @@ def serve(
     simulate_disk_boot: Annotated[
         bool, typer.Option(hidden=True, help="Lab only: 'boot from disk' boots the lab image.")
     ] = False,
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            help="json or console. Default: $PLASMABOOT_LOG_FORMAT, else JSON lines unless "
+            "stderr is a terminal. The level: $PLASMABOOT_LOG_LEVEL (INFO)."
+        ),
+    ] = None,
 ) -> None:
     """Run DHCP, TFTP and HTTP boot, the agent and admin APIs, until SIGTERM."""
     import asyncio
-    import logging
 
     from plasmaboot.serve.runner import ServeError, ServeOptions, serve_forever
 
-    level = os.environ.get("PLASMABOOT_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(message)s")
+    try:
+        logs.configure(os.environ.get(logs.LEVEL_ENV) or "INFO", log_format)
+    except ValueError as exc:
+        err.print(f"[red]cannot serve:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
     options = ServeOptions(
         config=config,
         state_dir=state_dir,
@@ -292,6 +317,8 @@ def serve(
         dhcp_port=dhcp_port,
         tftp_port=tftp_port,
         http_port=http_port,
+        admin_bind=admin_bind,
+        admin_port=admin_port,
         proxy_dhcp=proxy_dhcp,
         dhcp=dhcp,
         simulate_disk_boot=simulate_disk_boot,

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -46,6 +47,10 @@ class Server:
     @property
     def store(self) -> Store:
         return self.provisioner.store
+
+    @property
+    def tls(self) -> ssl.SSLContext | bool:
+        return True  # plain HTTP: every route on one in-process application
 
     @property
     def feed(self) -> EventFeed:
@@ -89,32 +94,46 @@ def free_port() -> int:
 
 @dataclass
 class ServeProcess:
-    """`plasmaboot serve` as a real process (another server on the same store)."""
+    """`plasmaboot serve` as a real process (another server on the same store); `base` is
+    its admin listener (https, its certificate from the CA in its state directory)."""
 
     proc: subprocess.Popen[bytes]
     base: str
     log: Path
+    ca: Path
+
+    @property
+    def tls(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca))
 
     @classmethod
     def start(cls, state_dir: Path, store: str | None = None) -> ServeProcess:
-        http_port = free_port()
+        http_port, admin_port = free_port(), free_port()
         argv = [sys.executable, "-m", "plasmaboot", "serve", "-c", str(LAB),
                 "--state-dir", str(state_dir), "--no-dhcp", "--bind", "127.0.0.1",
-                "--http-port", str(http_port), "--tftp-port", str(free_port())]  # fmt: skip
+                "--http-port", str(http_port), "--tftp-port", str(free_port()),
+                "--admin-port", str(admin_port)]  # fmt: skip
         if store is not None:
             argv += ["--store", store]
         log = state_dir.parent / f"serve-{http_port}.log"
         env = {**os.environ, "PLASMABOOT_ADMIN_TOKEN": ADMIN}
         with log.open("wb") as sink:
             proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)
-        server = cls(proc, f"http://127.0.0.1:{http_port}", log)
+        ca = state_dir / "pki" / "ca.crt"
+        server = cls(proc, f"https://127.0.0.1:{admin_port}", log, ca)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             assert proc.poll() is None, f"serve exited: {log.read_text()[-2000:]}"
             try:
-                if httpx.get(f"{server.base}/api/openapi.json", timeout=1).status_code == 200:
+                if (
+                    ca.exists()
+                    and httpx.get(
+                        f"{server.base}/api/openapi.json", timeout=1, verify=server.tls
+                    ).status_code
+                    == 200
+                ):
                     return server
-            except httpx.TransportError:
+            except (httpx.TransportError, ssl.SSLError):
                 pass
             time.sleep(0.1)
         server.stop()
@@ -128,6 +147,7 @@ class ServeProcess:
                 f"{self.base}/api/v1/nodes/{hostname}/actions",
                 json={"event": event.value},
                 headers={"Authorization": f"Bearer {ADMIN}"},
+                ssl=self.tls,
             ) as response,
         ):
             assert response.status == 200, await response.text()
@@ -166,14 +186,19 @@ class StreamClient:
 
     @classmethod
     async def open(
-        cls, base: str, query: str = "", token: str | None = ADMIN, last_id: int | None = None
+        cls,
+        base: str,
+        query: str = "",
+        token: str | None = ADMIN,
+        last_id: int | None = None,
+        tls: ssl.SSLContext | bool = True,
     ) -> StreamClient:
         headers = {} if token is None else {"Authorization": f"Bearer {token}"}
         if last_id is not None:
             headers["Last-Event-ID"] = str(last_id)
         client = cls(f"{base}/api/v1/events/stream{query}", headers)
         client._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
-        client._response = await client._http.get(client.url, headers=headers)
+        client._response = await client._http.get(client.url, headers=headers, ssl=tls)
         client.status = client._response.status
         if client.status == 200:
             client._task = asyncio.get_running_loop().create_task(client._read())

@@ -1,10 +1,13 @@
 """Load a rendered nftables ruleset into a node namespace and probe it from a client.
 
 Two namespaces of this test (pbr-*) joined by a veth pair carry the reference cluster's
-production (10.0.200.0/24) and management (10.0.10.0/24) networks. A port the port matrix
+production (10.0.200.0/24), management (10.0.10.0/24) and provisioning (10.0.100.0/24)
+networks. A port the port matrix
 opens for the node's profile and source must connect; a port it does not open, or opens only
 to another source network, must be dropped (time out, not be refused). The same probes run
 before the ruleset is loaded, to show the listeners are there and the drop is the firewall's.
+SSH also admits the provisioning server's own address (10.0.100.10: install, rollout and
+rollback), and no other provisioning address.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ NODE_IP, CLUSTER_CLIENT, MANAGEMENT_CLIENT, NODE_MGMT_IP = (
     "10.0.10.5",
     "10.0.10.60",
 )
+SERVER, OTHER_PROVISIONING, NODE_PROVISIONING_IP = "10.0.100.10", "10.0.100.20", "10.0.100.50"
+CLIENT_IPS = (CLUSTER_CLIENT, MANAGEMENT_CLIENT, SERVER, OTHER_PROVISIONING)
 # 2380 Raft (cluster only), 2480 FlareDB Raft (control plane only), 22 SSH (management only),
 # 9091 PrismNET API (in no profile but all-in-one).
 PORTS = (2380, 2480, 22, 9091)
@@ -79,8 +84,8 @@ class Topology:
         ip("-n", self.node, "link", "add", "pbr-n0", "type", "veth", "peer", "name", "pbr-c0")
         ip("-n", self.node, "link", "set", "pbr-c0", "netns", self.client)
         for ns, dev, addresses in (
-            (self.node, "pbr-n0", (NODE_IP, NODE_MGMT_IP)),
-            (self.client, "pbr-c0", (CLUSTER_CLIENT, MANAGEMENT_CLIENT)),
+            (self.node, "pbr-n0", (NODE_IP, NODE_MGMT_IP, NODE_PROVISIONING_IP)),
+            (self.client, "pbr-c0", CLIENT_IPS),
         ):
             for address in addresses:
                 ip("-n", ns, "addr", "add", f"{address}/24", "dev", dev)
@@ -131,6 +136,7 @@ def topology() -> Iterator[Topology]:
 
 
 PAIRS = [(CLUSTER_CLIENT, port) for port in PORTS] + [(MANAGEMENT_CLIENT, 22)]
+SSH_PAIRS = [(SERVER, 22), (OTHER_PROVISIONING, 22), (MANAGEMENT_CLIENT, 22), (CLUSTER_CLIENT, 22)]
 
 
 def load_profile(topo: Topology, tmp_path: Path, profile: str) -> None:
@@ -141,7 +147,20 @@ def load_profile(topo: Topology, tmp_path: Path, profile: str) -> None:
 
 
 def test_without_the_ruleset_every_listener_answers(topology: Topology) -> None:
-    assert set(topology.probe(PAIRS).values()) == {"open"}
+    assert set(topology.probe(PAIRS + SSH_PAIRS).values()) == {"open"}
+
+
+@pytest.mark.parametrize("profile", ["control-plane", "worker", "all-in-one"])
+def test_ssh_is_open_to_the_provisioning_server_alone_on_that_network(
+    topology: Topology, tmp_path: Path, profile: str
+) -> None:
+    load_profile(topology, tmp_path, profile)
+    assert topology.probe(SSH_PAIRS) == {
+        (SERVER, 22): "open",  # install, rollout, rollback
+        (OTHER_PROVISIONING, 22): "dropped",  # not the whole provisioning network
+        (MANAGEMENT_CLIENT, 22): "open",
+        (CLUSTER_CLIENT, 22): "dropped",
+    }
 
 
 def test_control_plane_ruleset_admits_the_matrix_and_drops_the_rest(

@@ -4,6 +4,7 @@ its (2-second) deadline becomes boot-failed, with the reason in its events and /
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -21,9 +22,12 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 HTTP_PORT = 17530
 TFTP_PORT = 17531
-ADMIN = "deadline-test-admin"
+ADMIN_PORT = 17539
+ADMIN = "deadline-test-admin"  # the deprecated static token: accepted as a write token
 BASE = f"http://127.0.0.1:{HTTP_PORT}"
+ADMIN_BASE = f"https://127.0.0.1:{ADMIN_PORT}"  # the admin listener (TLS)
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
+TLS: dict[str, ssl.SSLContext] = {}  # the CA of the running serve's state dir
 
 
 @pytest.fixture
@@ -37,6 +41,7 @@ def server(tmp_path: Path) -> Iterator[Path]:
         sys.executable, "-m", "plasmaboot", "serve", "-c", str(config),
         "--state-dir", str(tmp_path / "state"), "--bind", "127.0.0.1",
         "--http-port", str(HTTP_PORT), "--tftp-port", str(TFTP_PORT), "--no-dhcp",
+        "--admin-port", str(ADMIN_PORT),
     ]  # fmt: skip
     env = {**os.environ, "PLASMABOOT_ADMIN_TOKEN": ADMIN}
     with log.open("w") as out:
@@ -52,6 +57,7 @@ def server(tmp_path: Path) -> Iterator[Path]:
                 pass
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
+        TLS["verify"] = ssl.create_default_context(cafile=tmp_path / "state/pki/ca.crt")
         yield log
     finally:
         proc.kill()
@@ -59,7 +65,7 @@ def server(tmp_path: Path) -> Iterator[Path]:
 
 
 def node(name: str) -> dict[str, Any]:
-    response = httpx.get(f"{BASE}/api/v1/nodes/{name}", headers=AUTH)
+    response = httpx.get(f"{ADMIN_BASE}/api/v1/nodes/{name}", headers=AUTH, verify=TLS["verify"])
     response.raise_for_status()
     return dict(response.json())
 
@@ -73,7 +79,10 @@ def deadline_failures() -> float:
 
 def test_a_node_stuck_in_pxe_booting_becomes_boot_failed(server: Path) -> None:
     moved = httpx.post(
-        f"{BASE}/api/v1/nodes/node01/actions", headers=AUTH, json={"event": "pxe-boot"}
+        f"{ADMIN_BASE}/api/v1/nodes/node01/actions",
+        headers=AUTH,
+        json={"event": "pxe-boot"},
+        verify=TLS["verify"],
     )
     assert moved.status_code == 200, moved.text
     started = time.monotonic()
@@ -84,7 +93,9 @@ def test_a_node_stuck_in_pxe_booting_becomes_boot_failed(server: Path) -> None:
     took = time.monotonic() - started
     assert 1.9 <= took < 8, took  # not before the deadline, and within a reaper period of it
 
-    events = httpx.get(f"{BASE}/api/v1/nodes/node01/events", headers=AUTH).json()
+    events = httpx.get(
+        f"{ADMIN_BASE}/api/v1/nodes/node01/events", headers=AUTH, verify=TLS["verify"]
+    ).json()
     last = events[-1]
     assert (last["event"], last["actor"], last["from_state"], last["to_state"]) == (
         "boot-timeout",

@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NS_HTTP, NS_TFTP, NS_DHCP = 17532, 17533, 17534
 # the in-process server, on the host's loopback
 HTTP, TFTP, DHCP = 17535, 17536, 17537
+ADMIN_PORT = 17538
 SERVICES = ("dhcp", "tftp", "http")
 ALL_RUNNING = {name: "running" for name in SERVICES}
 
@@ -181,6 +182,7 @@ async def server(tmp_path: Path) -> AsyncIterator[ProvisioningServer]:
         http_port=HTTP,
         tftp_port=TFTP,
         dhcp_port=DHCP,
+        admin_port=ADMIN_PORT,
     )
     server = ProvisioningServer(options)
     await server.start()

@@ -8,8 +8,8 @@ the namespace: this kernel has no netem), so the recovery paths run against real
 from __future__ import annotations
 
 import filecmp
+import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from polling import wait_for
@@ -65,18 +66,24 @@ class RunningServer:
     root: Path
     log: Path
 
-    def transfer_lines(self, filename: str, wait_s: float = 5.0) -> list[str]:
-        """The server's log lines for `filename`, waiting for the first one to be written.
+    def transfers(self, filename: str, wait_s: float = 5.0) -> list[dict[str, Any]]:
+        """The server's JSON log records of transfers of `filename`, waiting for the first.
 
         The server logs a transfer when it ends, which can be after the client exits: when
         the client's last ACK is lost, the server learns it is gone only on its retransmit.
         """
 
-        def lines() -> list[str]:
-            return [ln for ln in self.log.read_text().splitlines() if f"filename={filename}" in ln]
+        def records() -> list[dict[str, Any]]:
+            found = []
+            for line in self.log.read_text().splitlines():
+                if line.startswith("{"):
+                    record = json.loads(line)
+                    if record.get("event") == "tftp.transfer" and record["filename"] == filename:
+                        found.append(record)
+            return found
 
-        wait_for(lambda: bool(lines()), wait_s)
-        return lines()
+        wait_for(lambda: bool(records()), wait_s)
+        return records()
 
 
 @pytest.fixture(scope="module")
@@ -187,8 +194,7 @@ def assert_identical(
 
 
 def retransmits(server: RunningServer, name: str) -> int:
-    lines = server.transfer_lines(name)
-    return sum(int(m) for line in lines for m in re.findall(r"retransmits=(\d+)", line))
+    return sum(int(record["retransmits"]) for record in server.transfers(name))
 
 
 @pytest.mark.parametrize("name", [*SMALL, "rollover.bin"])
@@ -300,4 +306,4 @@ def test_rfc2349_lossy_link_curl_completes(lossy_server: RunningServer, tmp_path
     assert result.returncode == 0, result.stderr
     assert_identical(lossy_server.root, "window.bin", out, result)
     assert retransmits(lossy_server, "window.bin") > 0
-    assert "'timeout': '1'" in lossy_server.transfer_lines("window.bin")[0]
+    assert lossy_server.transfers("window.bin")[0]["options"]["timeout"] == "1"

@@ -173,4 +173,4 @@ async def test_watch_refuses_a_token_others_can_read_or_the_server_refuses(
         "--server", server.base, env={"PLASMABOOT_ADMIN_TOKEN": "not-the-token"}
     )
     code, _, stderr = await wrong.finish()
-    assert code == 1 and "refused the admin token (HTTP 403)" in stderr
+    assert code == 1 and "refused the admin token (HTTP 401: unknown or revoked" in stderr

@@ -14,9 +14,9 @@ import yaml
 from prometheus_client import REGISTRY
 
 from plasmaboot.inventory import InventoryError, parse_inventory
+from plasmaboot.inventory.deadlines import DEFAULT_DEADLINES_S, INSTALL_MARGIN_S, deadlines_for
 from plasmaboot.lifecycle import STABLE_STATES, Event, State
-from plasmaboot.provision import DeadlineReaper, Provisioner, ProvisionerSettings, deadlines_for
-from plasmaboot.provision.deadlines import DEFAULT_DEADLINES_S, INSTALL_MARGIN_S
+from plasmaboot.provision import DeadlineReaper, Provisioner, ProvisionerSettings
 from plasmaboot.store import EventRecord, SqliteStore
 
 ROOT = Path(__file__).resolve().parents[2]

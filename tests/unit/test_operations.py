@@ -10,7 +10,7 @@ import pytest
 from plasmaboot.inventory import load_inventory
 from plasmaboot.lifecycle import Event, IllegalTransition, State
 from plasmaboot.operations.nodes import NodeOperations, OperationError
-from plasmaboot.operations.rollout import Rollout
+from plasmaboot.operations.rollout import HealthGate, Rollout
 from plasmaboot.store import SqliteStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,9 +92,9 @@ async def test_rollout_updates_one_at_a_time_and_stops_at_the_first_failure(
 
 
 async def test_rollout_is_health_gated(ops: NodeOperations) -> None:
-    job = Rollout(ops, "true", health_command="false", health_timeout_s=0.3, health_poll_s=0.1)
-    result = await job.run(["node01", "node02"])
-    assert result.failed == "node01" and "health" in result.reason
+    gate = HealthGate(ops, "false", timeout_s=0.3, poll_s=0.1)
+    result = await Rollout(ops, "true", gate).run(["node01", "node02"])
+    assert result.failed == "node01" and "health check" in result.reason
     assert state(ops, "node02") is State.ACTIVE
 
 

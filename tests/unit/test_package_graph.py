@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 
 # Lowest first: a package may import only packages listed before it.
 LAYERS = (
-    "files", "lifecycle", "inventory", "cli_common", "boot", "store", "pki", "agent",
+    "logs", "files", "lifecycle", "inventory", "cli_common", "boot", "store", "pki", "agent",
     "firstboot", "render", "power", "provision", "install", "cluster", "dhcp", "tftp",
     "web", "lab", "operations", "watch", "serve", "cli", "__main__",
 )  # fmt: skip

@@ -316,3 +316,14 @@ def test_nix_package_import_checks_name_modules_that_exist() -> None:
     assert "plasmaboot.cli" in modules and len(modules) >= 2
     for module in modules:
         importlib.import_module(module)
+
+
+def test_first_boot_waits_for_its_peers_as_long_as_the_server_waits_for_it() -> None:
+    inv = load("lab")
+    doc = cluster_config(inv, inv.nodes[0])
+    assert doc["health_timeout_s"] == 30 * 60 - 60  # the `joining` deadline, less a minute
+    plan = build_config(doc)
+    assert plan.health_timeout_s == doc["health_timeout_s"]
+    # full-jitter backoff capped at retry_cap_s: on average half of it between attempts
+    assert plan.join_max_attempts * plan.retry_cap_s / 2 >= plan.health_timeout_s - 30
+    assert validate_cluster_config(doc) == []

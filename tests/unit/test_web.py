@@ -14,9 +14,17 @@ from aiohttp.test_utils import TestClient, TestServer
 from plasmaboot.inventory import load_inventory
 from plasmaboot.lifecycle import Event, State
 from plasmaboot.provision import Provisioner, ProvisionerSettings
+from plasmaboot.provision.admin_tokens import AdminTokenError, AdminTokens, Scope
 from plasmaboot.provision.tokens import token_hash
 from plasmaboot.store import SqliteStore
-from plasmaboot.web.app import ROUTES, build_app, openapi_document, openapi_path
+from plasmaboot.web.app import (
+    ROUTES,
+    SHARED_PATHS,
+    Listener,
+    build_app,
+    openapi_document,
+    openapi_path,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN = "admin-secret"
@@ -75,6 +83,15 @@ def bearer(token: str) -> dict[str, str]:
 
 @pytest.fixture
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    provisioner = lab_provisioner(tmp_path)
+    reloads: list[str] = []
+    app = build_app(provisioner, ADMIN, lambda: list(reloads))
+    async with TestClient(TestServer(app)) as client:
+        yield Harness(client, provisioner, reloads)
+    provisioner.store.close()
+
+
+def lab_provisioner(tmp_path: Path) -> Provisioner:
     inv = load_inventory(ROOT / "examples/lab/miniature.yaml")
     store = SqliteStore(tmp_path / "db")
     store.import_inventory(inv)
@@ -91,11 +108,7 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     provisioner = Provisioner(inv, store, settings)
     provisioner.probes.update(dhcp=lambda: "running", tftp=lambda: "running")
     provisioner.probes["http"] = lambda: "running"
-    reloads: list[str] = []
-    app = build_app(provisioner, ADMIN, lambda: list(reloads))
-    async with TestClient(TestServer(app)) as client:
-        yield Harness(client, provisioner, reloads)
-    store.close()
+    return provisioner
 
 
 async def test_entry_script_chains_by_mac_with_retries(harness: Harness) -> None:
@@ -233,17 +246,100 @@ async def test_every_protected_route_needs_a_token(harness: Harness, route: obje
     assert response.status == 401
 
 
-@pytest.mark.parametrize(
-    "route", [r for r in NON_PUBLIC if r.auth == "admin"], ids=lambda r: f"{r.method} {r.path}"
-)
+ADMIN_ROUTES = [r for r in NON_PUBLIC if r.auth in ("read", "write")]
+
+
+@pytest.mark.parametrize("route", ADMIN_ROUTES, ids=lambda r: f"{r.method} {r.path}")
 async def test_every_admin_route_refuses_other_tokens(harness: Harness, route: object) -> None:
+    """Not an admin token (a guess, an agent's session token, a revoked one): 401."""
     assert hasattr(route, "method") and hasattr(route, "path")
     session = await harness.session()
-    for token in ("wrong", session):
+    tokens = AdminTokens(harness.store)
+    revoked = tokens.create("old", Scope.WRITE)
+    tokens.revoke("old")
+    expired = tokens.create("short", Scope.WRITE, ttl_s=-1)
+    for token in ("wrong", session, revoked, expired):
         response = await harness.client.request(
             route.method, _concrete(route.path), json={}, headers=bearer(token)
         )
-        assert response.status == 403, token
+        assert response.status == 401, token
+        assert "admin token" in (await response.json())["error"]
+
+
+@pytest.mark.parametrize("route", ADMIN_ROUTES, ids=lambda r: f"{r.method} {r.path}")
+async def test_a_read_token_reads_and_is_refused_every_action(
+    harness: Harness, route: object
+) -> None:
+    assert hasattr(route, "method") and hasattr(route, "path") and hasattr(route, "auth")
+    read = AdminTokens(harness.store).create("grafana", Scope.READ)
+    if route.path == "/api/v1/events/stream":  # a stream never ends: its status is enough
+        async with harness.client.get(route.path, headers=bearer(read)) as response:
+            assert response.status == 200
+        return
+    before = [n.as_json() for n in harness.store.list_nodes()]
+    response = await harness.client.request(
+        route.method, _concrete(route.path), json={"event": "decommission"}, headers=bearer(read)
+    )
+    if route.auth == "read":
+        assert response.status == 200, await response.text()
+        return
+    assert response.status == 403
+    body = await response.json()
+    assert body["scope"] == "write" and "needs scope write" in body["error"]
+    assert "'grafana' has scope read" in body["error"]
+    assert [n.as_json() for n in harness.store.list_nodes()] == before, "nothing changed"
+
+
+async def test_a_write_token_acts_and_the_refusals_are_counted(harness: Harness) -> None:
+    write = AdminTokens(harness.store).create("ci", Scope.WRITE)
+    response = await harness.client.post(
+        "/api/v1/nodes/node01/actions", json={"event": "decommission"}, headers=bearer(write)
+    )
+    assert response.status == 200 and harness.state() is State.DECOMMISSIONED
+    await harness.client.get("/api/v1/nodes", headers=bearer("guess"))
+    await harness.client.get("/api/v1/nodes")
+    metrics = await (await harness.client.get("/metrics")).text()
+    assert 'plasmaboot_admin_auth_refused_total{reason="unknown"}' in metrics
+    assert 'plasmaboot_admin_auth_refused_total{reason="missing"}' in metrics
+
+
+def test_admin_tokens_are_stored_hashed_named_and_unique(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "db")
+    tokens = AdminTokens(store)
+    token = tokens.create("ci", Scope.WRITE)
+    assert store.get_token(token) is None and store.get_token(token_hash(token)) is not None
+    assert [(t.name, t.scope, t.expires_at) for t in tokens.list()] == [("ci", Scope.WRITE, None)]
+    for bad in ("ci", "static", "no spaces", ""):
+        with pytest.raises(AdminTokenError):
+            tokens.create(bad, Scope.READ)
+    with pytest.raises(AdminTokenError, match="no admin token named"):
+        tokens.revoke("nobody")
+    assert tokens.revoke("ci").name == "ci" and tokens.list() == []
+    store.close()
+
+
+@pytest.mark.parametrize("listener", ["boot", "admin"])
+async def test_each_listener_serves_only_its_routes(tmp_path: Path, listener: Listener) -> None:
+    provisioner = lab_provisioner(tmp_path)
+    app = build_app(provisioner, ADMIN, list, listener=listener)
+    async with TestClient(TestServer(app)) as client:
+        doc = await (await client.get("/api/openapi.json")).json()
+        for route in ROUTES:
+            documented = route.method.lower() in doc["paths"].get(openapi_path(route.path), {})
+            assert documented == (listener in route.listeners), route.path
+            if listener in route.listeners or route.path in SHARED_PATHS:
+                continue
+            response = await client.request(
+                route.method, _concrete(route.path), json={}, headers=bearer(ADMIN)
+            )
+            assert response.status == 404, (listener, route.path)
+        assert (await client.get("/health")).status == 200
+        assert (await client.get("/metrics")).status == 200
+    assert {r.path for r in ROUTES if r.listeners == ("admin",)} >= {
+        "/api/v1/nodes", "/api/v1/events", "/api/v1/events/stream", "/api/v1/inventory/reload",
+    }  # fmt: skip
+    assert all(r.listeners == ("boot",) for r in ROUTES if r.auth == "agent")
+    provisioner.store.close()
 
 
 def test_every_mutating_route_is_protected() -> None:

@@ -9,15 +9,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import signal
 import sys
 from pathlib import Path
 
+from plasmaboot import logs
 from plasmaboot.dhcp.config import DhcpConfigError
 from plasmaboot.dhcp.server import DhcpServer
 from plasmaboot.inventory import InventoryError, load_inventory
 from plasmaboot.store import open_store
+
+log = logs.get_logger("plasmaboot.dhcp")
 
 
 def main() -> None:
@@ -28,8 +30,14 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=67)
     parser.add_argument("--proxy", action="store_true", help="proxyDHCP whatever the mode")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--log-format", choices=logs.FORMATS, default=None, help="default: json unless a terminal"
+    )
     args = parser.parse_args()
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(message)s")
+    try:
+        logs.configure(args.log_level, args.log_format)
+    except ValueError as exc:
+        parser.error(str(exc))
     try:
         inv = load_inventory(args.config)
     except InventoryError as exc:
@@ -70,9 +78,9 @@ async def _serve(server: DhcpServer, config: Path) -> None:
 def _reload(server: DhcpServer, config: Path) -> None:
     try:
         server.reload(load_inventory(config))
-        logging.getLogger(__name__).info("dhcp: reloaded %s", config)
+        log.info("dhcp: reloaded", config=config)
     except (InventoryError, DhcpConfigError) as exc:
-        logging.getLogger(__name__).error("dhcp: reload refused, keeping the old one: %s", exc)
+        log.error("dhcp: reload refused, keeping the old one", config=config, reason=str(exc))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,14 @@ Every decision is taken on the in-memory index so the packet path never waits fo
 each change that must survive a crash (bind, decline, release) is queued in `dirty` and the
 server writes the queue in one transaction before it sends the ACKs it covers. Offers are
 not written: an offer lost in a crash is at worst NAKed later, never handed out twice.
+
+The store is the authority (docs/store.md, "Several servers"): the server hands the
+drained batch to `save_leases`, then either `settle`s it with the conflicts the store
+returned (each refused address adopts the row that holds it, and its binding here is
+undone) or `rollback`s it when the write failed (every change of the batch undone, so
+memory never claims what the store does not hold). With a store shared by several
+servers, `refresh` adopts the rows the others wrote, and `stagger` starts each server's
+pool walk at its own offset so servers on one segment seldom offer the same address.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 
-from plasmaboot.store import Lease
+from plasmaboot.store import Lease, LeaseConflict
 
 OFFER_HOLD_S = 60.0  # how long an offered address is kept for the client that saw it
 DECLINE_HOLD_S = 600.0  # RFC 2131 3.1.5: a declined address is not reused for a while
@@ -46,12 +54,14 @@ class _Pool:
     first: int = 0
     last: int = -1
     cursor: int = 0
+    start: int = 0  # where the walk started (staggered); below it is walked after `last`
+    wrap: int = 0
     free: deque[IPv4Address] = field(default_factory=deque)
 
     def __post_init__(self) -> None:
         if self.scope.pool is not None:
             self.first, self.last = int(self.scope.pool[0]), int(self.scope.pool[1])
-        self.cursor = self.first
+        self.cursor = self.start = self.wrap = self.first
 
     def holds(self, ip: IPv4Address) -> bool:
         return self.first <= int(ip) <= self.last
@@ -73,6 +83,15 @@ class LeaseAllocator:
         self._leases: dict[IPv4Address, Lease] = {}
         self._by_key: dict[str, IPv4Address] = {}
         self.dirty: dict[IPv4Address, Lease] = {}
+        # What each address and client key held before the first change since the last
+        # drain (None: nothing), and the same for the batch drained last: its undo.
+        self._undo: dict[IPv4Address, Lease | None] = {}
+        self._undo_keys: dict[str, IPv4Address | None] = {}
+        self._drained: tuple[dict[IPv4Address, Lease | None], dict[str, IPv4Address | None]] = (
+            {},
+            {},
+        )
+        self._stagger = 0
         self.configure([AddressScope(subnet, pool, lease_time)], fixed, reserved)
 
     @classmethod
@@ -108,6 +127,16 @@ class LeaseAllocator:
         self._reserved = set(reserved)
         for p in self._pools:
             self._reserved |= {p.scope.subnet.network_address, p.scope.subnet.broadcast_address}
+        self.stagger(self._stagger)
+
+    def stagger(self, seed: int) -> None:
+        """Start each pool's walk at an offset of its own (`seed` modulo the pool's size):
+        servers sharing a store then mostly offer different addresses. 0: the pool's start."""
+        self._stagger = seed
+        for p in self._pools:
+            if p.scope.pool is not None and p.last >= p.first:
+                p.cursor = p.start = p.first + seed % (p.last - p.first + 1)
+                p.wrap = p.first
 
     @property
     def subnet(self) -> IPv4Network:
@@ -125,10 +154,68 @@ class LeaseAllocator:
     def load(self, leases: Iterable[Lease]) -> None:
         """Adopt the store's leases at start-up."""
         for lease in leases:
+            self._adopt(lease)
+
+    def _adopt(self, lease: Lease) -> None:
+        """Take the store's row for its address as the truth (it may be another server's)."""
+        ip = IPv4Address(lease.ip)
+        old = self._leases.get(ip)
+        if (
+            old is not None
+            and old.client_key
+            and old.client_key != lease.client_key
+            and self._by_key.get(old.client_key) == ip
+        ):
+            del self._by_key[old.client_key]
+        self._leases[ip] = lease
+        key = lease.client_key
+        if lease.state not in ("bound", "released") or not key:
+            return
+        mine = self._by_key.get(key)
+        current = self._leases.get(mine) if mine is not None else None
+        if (
+            current is None
+            or current.client_key != key
+            or current.state != "bound"
+            or current.expires_at <= lease.expires_at
+        ):
+            self._by_key[key] = ip
+
+    def refresh(self, leases: Iterable[Lease], now: float) -> int:
+        """Adopt what the shared store holds (rows other servers wrote, renewed or released)
+        for every address with no write of ours pending; our own offers (never written)
+        stay unless the store gives their address to someone else. How many changed."""
+        seen: set[IPv4Address] = set()
+        changed = 0
+        for lease in leases:
             ip = IPv4Address(lease.ip)
-            self._leases[ip] = lease
-            if lease.state in ("bound", "released") and lease.client_key:
-                self._by_key[lease.client_key] = ip
+            seen.add(ip)
+            mine = self._leases.get(ip)
+            if ip in self.dirty or mine == lease:
+                continue
+            holds = lease.state != "released" and lease.expires_at > now
+            if mine is not None and mine.state == "offered" and not holds:
+                continue
+            self._adopt(lease)
+            changed += 1
+            if not holds:
+                self._freed(ip)
+        for ip, mine in list(self._leases.items()):
+            if ip not in seen and ip not in self.dirty and mine.state != "offered":
+                # deleted from the store (expired rows cleaned up by an operator or a peer)
+                del self._leases[ip]
+                if mine.client_key and self._by_key.get(mine.client_key) == ip:
+                    del self._by_key[mine.client_key]
+                self._freed(ip)
+                changed += 1
+        return changed
+
+    def _mark(self, ip: IPv4Address, key: str | None = None) -> None:
+        """Note what `ip` (and `key`) held before this batch changes it, once per batch."""
+        if ip not in self._undo:
+            self._undo[ip] = self._leases.get(ip)
+        if key and key not in self._undo_keys:
+            self._undo_keys[key] = self._by_key.get(key)
 
     def fixed_for(self, mac: str) -> FixedHost | None:
         return self._fixed.get(mac)
@@ -186,6 +273,12 @@ class LeaseAllocator:
             pool.cursor += 1
             if self._usable_by(ip, key, mac, now):
                 return ip
+        if pool.wrap < pool.start:  # a staggered walk: the addresses below its start
+            while pool.wrap < pool.start:
+                ip = IPv4Address(pool.wrap)
+                pool.wrap += 1
+                if self._usable_by(ip, key, mac, now):
+                    return ip
         self._sweep(pool, now)
         return pool.free.popleft() if pool.free else None
 
@@ -209,6 +302,8 @@ class LeaseAllocator:
             pool.free.append(ip)
 
     def _remember(self, ip: IPv4Address, lease: Lease, durable: bool, now: float) -> Lease:
+        if durable:
+            self._mark(ip, lease.client_key)
         self._leases[ip] = lease
         if lease.client_key:
             previous = self._by_key.get(lease.client_key)
@@ -224,6 +319,7 @@ class LeaseAllocator:
         old = self._leases.get(ip)
         if old is None or old.state == "declined":
             return
+        self._mark(ip)
         if old.state == "offered":
             del self._leases[ip]
         else:
@@ -293,6 +389,7 @@ class LeaseAllocator:
         lease = self._leases.get(ip)
         if lease is None or lease.client_key != key:
             return None
+        self._mark(ip, key)
         self._by_key.pop(key, None)
         quarantined = Lease(str(ip), "", lease.mac, "declined", now + DECLINE_HOLD_S, None)
         self._leases[ip] = quarantined
@@ -304,6 +401,7 @@ class LeaseAllocator:
         lease = self._leases.get(ip)
         if lease is None or lease.client_key != key or lease.state != "bound":
             return None
+        self._mark(ip)
         released = replace(lease, state="released", expires_at=now)
         self._leases[ip] = released
         self.dirty[ip] = released
@@ -311,6 +409,41 @@ class LeaseAllocator:
         return released
 
     def drain_dirty(self) -> list[Lease]:
+        """The changes to write, in one batch; `settle` or `rollback` it next."""
         batch = list(self.dirty.values())
         self.dirty.clear()
+        self._drained = (self._undo, self._undo_keys)
+        self._undo, self._undo_keys = {}, {}
         return batch
+
+    def rollback(self) -> None:
+        """The batch drained last was not written: undo all of it (bindings, releases,
+        declines), so no address is held here that the store does not hold."""
+        leases, keys = self._drained
+        self._drained = ({}, {})
+        for ip, old in leases.items():
+            if old is None:
+                self._leases.pop(ip, None)
+            else:
+                self._leases[ip] = old
+            self._freed(ip)  # walked past: back in reach (checked again when popped)
+        for key, old_ip in keys.items():
+            if old_ip is None:
+                self._by_key.pop(key, None)
+            else:
+                self._by_key[key] = old_ip
+
+    def settle(self, conflicts: Iterable[LeaseConflict]) -> set[IPv4Address]:
+        """The batch drained last was written but for `conflicts` (base.py's contract):
+        each refused address takes the row that holds it, and the client that wanted it
+        is no longer bound to it here. The refused addresses (their ACKs become NAKs)."""
+        self._drained = ({}, {})
+        lost: set[IPv4Address] = set()
+        for conflict in conflicts:
+            ip = IPv4Address(conflict.wanted.ip)
+            lost.add(ip)
+            key = conflict.wanted.client_key
+            if key and key != conflict.held.client_key and self._by_key.get(key) == ip:
+                del self._by_key[key]
+            self._adopt(conflict.held)
+        return lost

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 
 from plasmaboot.boot.policy import BootKind, ClientFacts, dhcp_boot
@@ -42,6 +42,7 @@ class Reply:
     max_size: int
     durable: bool  # an ACK that binds a lease: send only once the lease is on disk
     neighbour: bytes | None = None  # unicast to a client that cannot answer ARP yet
+    request: DhcpPacket | None = None  # what a durable ACK answers (a NAK if the store refuses)
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,7 @@ class Responder:
         if node is not None and _is_netboot(facts):
             self.on_pxe(node, facts)
         self.stats["bound"] += 1
-        return self._route(request, reply, source, durable=True)
+        return replace(self._route(request, reply, source, durable=True), request=request)
 
     def _inform(
         self,
@@ -205,6 +206,15 @@ class Responder:
         self._add_lease_options(reply, node, net, with_times=False)
         self._add_boot(request, _facts(request), reply, node)
         return self._route(request, reply, source, durable=False)
+
+    def refused(self, ack: Reply, why: str) -> Reply | None:
+        """The NAK that replaces a durable ACK whose lease the store refused (another
+        server's client holds the address): the client starts over and is offered the
+        next candidate."""
+        if ack.request is None:
+            return None
+        self.stats["lost_race"] += 1  # counters only grow: `bound` counted it already
+        return self._nak(ack.request, why)
 
     def _nak(self, request: DhcpPacket, why: str) -> Reply:
         self.stats["nak"] += 1

@@ -5,33 +5,44 @@ in one transaction by a callback at the end of that loop turn, and only then are
 ACKs sent, so an ACK is never sent for a lease that is not on disk. The write runs on the
 loop thread: a handoff to a writer thread cost more (GIL switches) than the ~0.1 ms
 SQLite commit it would hide, and one thread keeps the store's connection single-user.
+
+The store is the authority on who holds an address (several servers may share it): a
+lease the store refuses turns its ACK into a NAK and the allocator adopts the holder; a
+write that fails sends no ACK and undoes the batch in the allocator. With a shared store
+the leases other servers wrote are read back every second.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import hashlib
 import logging
 import socket
 import time
 from collections import Counter
 from typing import Any
 
+from plasmaboot import logs
 from plasmaboot.boot.policy import ClientFacts
 from plasmaboot.dhcp import metrics
 from plasmaboot.dhcp.arp import set_neighbour
 from plasmaboot.dhcp.config import DhcpConfigError, ServingConfig
 from plasmaboot.dhcp.leases import LeaseAllocator
 from plasmaboot.dhcp.options import Opt
-from plasmaboot.dhcp.packet import DecodeError, decode, encode
+from plasmaboot.dhcp.packet import DecodeError, DhcpPacket, decode, encode
 from plasmaboot.dhcp.responder import BROADCAST, NodeView, Reply, Responder
 from plasmaboot.inventory import Inventory
 from plasmaboot.lifecycle import TRANSITIONS, Event, IllegalTransition, State
 from plasmaboot.provision.lifecycle import LifecycleService
 from plasmaboot.store import Store
 
-log = logging.getLogger(__name__)
+log = logs.get_logger(__name__)
 
 NODE_REFRESH_S = 5.0
+# With a shared store: how often the leases other servers wrote are read back. A stale
+# view costs at most a refused write and a NAK, never a duplicate (the store decides).
+LEASE_REFRESH_S = 1.0
 # A DHCP client without an address broadcasts: a socket bound to one address never sees it.
 # The server listens on the wildcard, limited to its interface by SO_BINDTODEVICE, whatever
 # address the other services bind to.
@@ -43,6 +54,10 @@ _MAX_DATAGRAM = 4096
 # host itself: read through the loop like any packet, noted in `probes_heard`, never
 # decoded or answered (it cannot be a DHCP packet: those are 240 bytes and more).
 PROBE_MAGIC = b"plasmaboot-health-probe:"
+
+
+def _seed(identity: bytes) -> int:
+    return int.from_bytes(hashlib.sha256(identity).digest()[:4], "big")
 
 
 class DhcpServer:
@@ -74,6 +89,8 @@ class DhcpServer:
         self.allocator = LeaseAllocator.for_scopes(
             self.config.scopes, self.config.fixed, self.config.reserved
         )
+        if store.shared:  # servers on one segment start their pool walks apart
+            self.allocator.stagger(_seed(self.config.server_ip.packed))
         self.responder = Responder(
             self.config, self.allocator, self._node, self._pxe_seen, server_port=port
         )
@@ -84,6 +101,7 @@ class DhcpServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sockets: list[socket.socket] = []
         self._refresh_task: asyncio.Task[None] | None = None
+        self._lease_task: asyncio.Task[None] | None = None
         self.probes_heard: dict[int, bytes] = {}  # port -> the last probe nonce read there
 
     def _config(self, inv: Inventory) -> ServingConfig:
@@ -115,16 +133,14 @@ class DhcpServer:
             self._close_sockets(loop)
             raise
         self._refresh_task = asyncio.create_task(self._refresh_loop())
+        if self.store.shared:
+            self._lease_task = asyncio.create_task(self._lease_refresh_loop())
         metrics.track(self)
         log.info(
-            "dhcp %s mode on %s, %s:%d (every address of the interface), networks %s, "
-            "%d leases loaded",
-            self.config.mode,
-            self.interface,
-            LISTEN_ADDRESS,
-            self.port,
-            ", ".join(f"{n.name} {n.subnet}" for n in self.config.networks.networks),
-            len(self.allocator.active(time.time())),
+            f"dhcp {self.config.mode} mode on {self.interface}, {LISTEN_ADDRESS}:{self.port} "
+            "(every address of the interface)",
+            networks=[f"{n.name} {n.subnet}" for n in self.config.networks.networks],
+            leases=len(self.allocator.active(time.time())),
         )
 
     def _socket(self, port: int) -> socket.socket:
@@ -146,9 +162,10 @@ class DhcpServer:
 
     async def stop(self) -> None:
         """Flush pending lease writes (and their ACKs), then close the sockets."""
-        if self._refresh_task is not None:
-            self._refresh_task.cancel()
-            await asyncio.gather(self._refresh_task, return_exceptions=True)
+        for task in (self._refresh_task, self._lease_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         self._commit()
         self._close_sockets(asyncio.get_running_loop())
         metrics.untrack(self)
@@ -214,7 +231,7 @@ class DhcpServer:
                 return
             except OSError as exc:
                 self._counters["socket_errors"] += 1
-                log.debug("dhcp: receive error: %s", exc)
+                log.debug("dhcp: receive error", error=str(exc))
                 return
             self._received(sock, data, addr, pxe)
 
@@ -226,22 +243,33 @@ class DhcpServer:
             request = decode(data)
         except DecodeError as exc:
             self._counters["decode_errors"] += 1
-            log.debug("dhcp: dropped %d bytes from %s: %s", len(data), addr[0], exc)
+            log.debug("dhcp: dropped a packet", size=len(data), source=addr[0], error=str(exc))
             return
+        # Every line logged while answering (lifecycle's too) names the client.
+        view = self._nodes.get(request.mac)
+        context = logs.bind_context(mac=request.mac, **({"node": view.hostname} if view else {}))
+        try:
+            self._answer(sock, request, addr, pxe)
+        finally:
+            logs.reset_context(context)
+
+    def _answer(
+        self, sock: socket.socket, request: DhcpPacket, addr: tuple[str, int], pxe: bool
+    ) -> None:
         try:
             reply = self.responder.respond(
                 request, addr, time.time(), pxe_port=pxe, interface=self.interface
             )
         except Exception:  # a bad packet must never stop the server
             self._counters["handler_errors"] += 1
-            log.exception("dhcp: error answering %s from %s", request.message_type, addr[0])
+            log.exception(f"dhcp: error answering {request.message_type}", source=addr[0])
             return
         if self.allocator.dirty:
             self._schedule_commit()
         if reply is None:
             if log.isEnabledFor(logging.DEBUG):
                 kind = request.message_type
-                log.debug("dhcp: no answer to %s from %s", kind.name if kind else "?", request.mac)
+                log.debug(f"dhcp: no answer to {kind.name if kind else '?'} from {request.mac}")
             return
         if reply.durable:
             self._pending.append((sock, reply))
@@ -256,27 +284,24 @@ class DhcpServer:
                 set_neighbour(sock, address[0], reply.neighbour, str(self.interface))
             except OSError as exc:  # cannot teach ARP: broadcasting always reaches it
                 self._counters["arp_errors"] += 1
-                log.debug("dhcp: ARP entry for %s refused (%s); broadcasting", address[0], exc)
+                log.debug("dhcp: ARP entry refused; broadcasting", ip=address[0], error=str(exc))
                 address = (BROADCAST, address[1])
         try:
             sock.sendto(encode(reply.packet, reply.max_size), address)
             self._counters["sent"] += 1
         except (OSError, ValueError) as exc:
             self._counters["send_errors"] += 1
-            log.debug("dhcp: cannot send to %s: %s", reply.address, exc)
+            log.debug("dhcp: cannot send", to=reply.address, error=str(exc))
         if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "dhcp: %s %s -> %s via %s",
-                reply.packet.message_type.name if reply.packet.message_type else "?",
-                reply.packet.mac,
-                reply.packet.yiaddr,
-                address,
-            )
+            packet = reply.packet
+            kind = packet.message_type.name if packet.message_type else "?"
+            log.debug(f"dhcp: {kind} {packet.mac} -> {packet.yiaddr} via {address}", mac=packet.mac)
 
     def _schedule_commit(self) -> None:
         if not self._commit_scheduled and self._loop is not None:
             self._commit_scheduled = True
-            self._loop.call_soon(self._commit)
+            # Not in the context of the packet that scheduled it: the commit is the batch's.
+            self._loop.call_soon(self._commit, context=contextvars.Context())
 
     def _commit(self) -> None:
         """One group commit: every lease changed this turn in one transaction, then its ACKs."""
@@ -286,15 +311,25 @@ class DhcpServer:
         if not batch and not acks:
             return
         try:
-            if batch:
-                self.store.save_leases(batch)
+            conflicts = self.store.save_leases(batch) if batch else []
         except Exception:
+            # Nothing of the batch is in the store: nothing of it may stay bound here.
+            self.allocator.rollback()
             self._counters["commit_failures"] += 1
-            log.exception("dhcp: lease write failed; %d ACKs withheld", len(acks))
+            log.exception("dhcp: lease write failed; ACKs withheld", withheld=len(acks))
             return
+        lost = self.allocator.settle(conflicts)
         self._counters["commits"] += 1
-        self._counters["leases_written"] += len(batch)
+        self._counters["leases_written"] += len(batch) - len(conflicts)
+        self._counters["lease_conflicts"] += len(conflicts)
+        for conflict in conflicts:
+            log.info("dhcp: the store gave the address to another client", conflict=str(conflict))
         for sock, reply in acks:
+            if reply.packet.yiaddr in lost:
+                nak = self.responder.refused(reply, f"{reply.packet.yiaddr} is taken")
+                if nak is not None:
+                    self._send(sock, nak)
+                continue
             self._send(sock, reply)
             self._log_grant(reply)
 
@@ -304,9 +339,9 @@ class DhcpServer:
         packet = reply.packet
         hostname = packet.options.get(Opt.HOSTNAME)
         if hostname is not None:
-            log.info("dhcp: %s (%s) bound %s", hostname.decode(), packet.mac, packet.yiaddr)
+            log.info("lease bound", node=hostname.decode(), mac=packet.mac, ip=packet.yiaddr)
         elif log.isEnabledFor(logging.DEBUG):
-            log.debug("dhcp: %s bound %s", packet.mac, packet.yiaddr)
+            log.debug("lease bound", mac=packet.mac, ip=packet.yiaddr)
 
     # ---- nodes ------------------------------------------------------------------------
 
@@ -333,6 +368,21 @@ class DhcpServer:
             except Exception:
                 log.exception("dhcp: node refresh failed; keeping the previous view")
 
+    def refresh_leases(self) -> int:
+        """Adopt the leases other servers sharing the store wrote (docs/store.md)."""
+        changed = self.allocator.refresh(self.store.leases(), time.time())
+        self._counters["leases_refreshed"] += changed
+        return changed
+
+    async def _lease_refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(LEASE_REFRESH_S)
+            try:
+                self.refresh_leases()
+            except Exception as exc:  # the store is down: writes fail too, nothing is ACKed
+                self._counters["lease_refresh_failures"] += 1
+                log.warning("dhcp: lease refresh failed; keeping the previous view", error=str(exc))
+
     def _pxe_seen(self, node: NodeView, facts: ClientFacts) -> None:
         """An enrolled (or failed) node netboots: record pxe-boot once, after the reply."""
         if (Event.PXE_BOOT, node.state) not in TRANSITIONS:
@@ -347,8 +397,8 @@ class DhcpServer:
     def _transition(self, hostname: str, detail: dict[str, Any]) -> None:
         try:
             self.lifecycle.fire(hostname, Event.PXE_BOOT, "dhcp", detail)
-            log.info("dhcp: %s is pxe-booting (%s)", hostname, detail["mac"])
+            log.info("dhcp: node is pxe-booting", node=hostname, mac=detail["mac"])
         except IllegalTransition as exc:
-            log.info("dhcp: %s not moved to pxe-booting: %s", hostname, exc)
+            log.info("dhcp: node not moved to pxe-booting", node=hostname, reason=str(exc))
         except Exception:
-            log.exception("dhcp: recording pxe-boot for %s failed", hostname)
+            log.exception("dhcp: recording pxe-boot failed", node=hostname)

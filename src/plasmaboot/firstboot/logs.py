@@ -1,28 +1,22 @@
 """JSON log lines for journald: ``timestamp``, ``level``, ``service``, ``operation``, ``message``.
 
-structlog renders them; the seeds' field names are kept so existing
-``journalctl ... | grep '"level":"ERROR"'`` habits keep working.
+structlog renders them through plasmaboot's one logging setup (``plasmaboot.logs``:
+secrets redacted, the libraries' warnings in the same shape); the seeds' field names are
+kept so existing ``journalctl ... | grep '"level":"ERROR"'`` habits keep working.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
 
-_SECRET_KEYS = frozenset({"agent_token", "token", "authorization", "password"})
+from plasmaboot import logs
 
 
 def _upper_level(_: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    event["level"] = {"warning": "WARN"}.get(method, method.upper())
-    return event
-
-
-def _drop_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    for key in _SECRET_KEYS & event.keys():
-        event[key] = "<redacted>"
+    event["level"] = {"warning": "WARN", "exception": "ERROR"}.get(method, method.upper())
     return event
 
 
@@ -32,20 +26,23 @@ def _seed_field_order(_: Any, __: str, event: MutableMapping[str, Any]) -> dict[
     return {**ordered, **event}
 
 
-def configure_logging(stream: TextIO = sys.stdout) -> None:
-    """One JSON object per line on ``stream`` (stdout, which systemd hands to journald)."""
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
+def configure_logging(stream: TextIO | None = None) -> None:
+    """One JSON object per line on ``stream`` (default stdout, which systemd hands to
+    journald): every level of ours, the libraries' from WARNING."""
+    logs.configure(
+        "DEBUG",
+        stream=stream,
+        stdout=True,
+        libraries="WARNING",
+        render=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
             _upper_level,
-            _drop_secrets,
+            structlog.processors.format_exc_info,
             structlog.processors.EventRenamer("message"),
             _seed_field_order,
             structlog.processors.JSONRenderer(sort_keys=False),
         ],
-        logger_factory=structlog.PrintLoggerFactory(stream),
-        cache_logger_on_first_use=False,
     )
 
 

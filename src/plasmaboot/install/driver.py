@@ -12,17 +12,17 @@ then installs itself and reports its own stages (the lab's busybox miniature).
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 
 from plasmaboot.install import InstallRunner, split_command
 from plasmaboot.lifecycle import Event, IllegalTransition, State
+from plasmaboot.logs import get_logger
 from plasmaboot.pki.authority import PKIError
 from plasmaboot.provision import Provisioner
 from plasmaboot.provision.nodefiles import assemble_node_files
 from plasmaboot.store import EventRecord
 
-log = logging.getLogger("plasmaboot.install")
+log = get_logger("plasmaboot.install")
 
 OUTPUT_BATCH_LINES = 50
 OUTPUT_BATCH_S = 2.0
@@ -81,7 +81,7 @@ class InstallDriver:
                 hostname, Event.INSTALL_STARTED, "installer", {"command": installer.command}
             )
         except IllegalTransition as exc:  # the image reported first, or an operator acted
-            log.info("install of %s not started: %s", hostname, exc)
+            log.info("install not started", node=hostname, reason=str(exc))
             return
         output = InstallOutput(self.provisioner, hostname)
         try:
@@ -116,7 +116,7 @@ class InstallDriver:
                 detail |= {"timed_out": result.timed_out, "tail": result.tail}
                 self.provisioner.fire(hostname, Event.FAIL, "installer", detail)
         except IllegalTransition as exc:
-            log.warning("install of %s finished but the node moved on: %s", hostname, exc)
+            log.warning("install finished but the node moved on", node=hostname, reason=str(exc))
 
     async def stop(self) -> None:
         """Cancel running installs (their process groups are killed by the runner)."""

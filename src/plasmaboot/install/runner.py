@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import logging
 import os
 import shlex
 import signal
@@ -24,8 +23,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from plasmaboot.inventory.models import INSTALL_PLACEHOLDERS
+from plasmaboot.logs import get_logger
 
-log = logging.getLogger("plasmaboot.install")
+log = get_logger("plasmaboot.install")
 
 DEFAULT_INSTALL_COMMAND: tuple[str, ...] = (
     "nixos-anywhere",
@@ -119,7 +119,7 @@ class InstallRunner:
     ) -> InstallResult:
         tail: collections.deque[str] = collections.deque(maxlen=self.tail_lines)
         started = time.monotonic()
-        log.info("install starting node=%s argv=%s", node_name, shlex.join(argv))
+        log.info("install starting", node=node_name, argv=shlex.join(argv))
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
@@ -130,7 +130,7 @@ class InstallRunner:
             )
         except OSError as exc:
             message = f"cannot start {argv[0]!r}: {exc.strerror}; install it or fix {self.setting}"
-            log.error("install failed to start node=%s error=%s", node_name, message)
+            log.error("install failed to start", node=node_name, error=message)
             return InstallResult(False, None, [message], time.monotonic() - started, False)
 
         def emit(line: str) -> None:
@@ -138,7 +138,7 @@ class InstallRunner:
             try:
                 on_line(line)
             except Exception:
-                log.exception("install output callback failed node=%s", node_name)
+                log.exception("install output callback failed", node=node_name)
 
         assert process.stdout is not None
         pump = asyncio.create_task(_pump(process.stdout, emit))
@@ -159,14 +159,13 @@ class InstallRunner:
             emit(f"plasmaboot: {self.what} timed out after {self.timeout_s:g}s; killed")
         duration = time.monotonic() - started
         ok = not timed_out and process.returncode == 0
-        log.log(
-            logging.INFO if ok else logging.ERROR,
-            "install finished node=%s ok=%s returncode=%s timed_out=%s duration_s=%.1f",
-            node_name,
-            ok,
-            process.returncode,
-            timed_out,
-            duration,
+        (log.info if ok else log.error)(
+            "install finished",
+            node=node_name,
+            ok=ok,
+            returncode=process.returncode,
+            timed_out=timed_out,
+            duration_s=round(duration, 1),
         )
         return InstallResult(ok, process.returncode, list(tail), duration, timed_out)
 

@@ -9,7 +9,7 @@ first broken field.
 from __future__ import annotations
 
 import re
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -188,6 +188,24 @@ class DiscoveryLimits(Strict):
     max_discovered: int = Field(default=1000, ge=0, le=1_000_000)
 
 
+class AdminListener(Strict):
+    """Where the admin API listens (TLS, its certificate from plasmaboot's CA; the SANs:
+    `address` unless it is a wildcard, else every local name and the provisioning
+    address, plus `names`). Loopback by default: the boot port never serves it."""
+
+    address: IPv4Address | IPv6Address = IPv4Address("127.0.0.1")
+    port: int = Field(default=8443, ge=1, le=65535)
+    names: tuple[str, ...] = ()  # extra DNS names clients use, e.g. pxe.example.com
+
+    @field_validator("names")
+    @classmethod
+    def _dns_names(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        for name in names:
+            if not (_HOSTNAME_RE.match(name) or _DNS_NAME_RE.match(name)):
+                raise ValueError(f"{name!r} is not a DNS name (e.g. pxe.example.com)")
+        return names
+
+
 class Server(Strict):
     """The provisioning server itself: where nodes fetch iPXE, scripts and images."""
 
@@ -199,6 +217,7 @@ class Server(Strict):
     installer: Installer = Installer()
     drain: Drain = Drain()
     discovery: DiscoveryLimits = DiscoveryLimits()
+    admin: AdminListener = AdminListener()
     # Seconds a node may wait in an unstable lifecycle state before serve's reaper fails
     # it, e.g. {installing: 5400}; unnamed states keep the defaults of
     # provision/deadlines.py. validation.py checks the names and values.

@@ -8,6 +8,7 @@ renderer resolves against the inventory's networks:
 - ``cluster``: the production network (Raft, gossip, VXLAN between nodes)
 - ``management``: the management network (SSH, metrics scraping)
 - ``storage``: the storage network (iSCSI)
+- ``server``: the provisioning server's own address only (a /32)
 - ``any``: no source restriction
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Scope = Literal["internal", "cluster", "management", "storage", "any"]
+Scope = Literal["internal", "cluster", "management", "storage", "server", "any"]
 Proto = Literal["tcp", "udp"]
 
 
@@ -54,6 +55,9 @@ PORT_MATRIX: tuple[PortRule, ...] = (
     PortRule("k8shost", 10250, "tcp", "Kubelet API", "cluster"),
     PortRule("k8shost", 10256, "tcp", "Kubelet health check", "cluster", required=False),
     PortRule("k8shost", 30000, "tcp", "NodePort services", "internal", False, 32767),
+    # install (nixos-anywhere), rollout and rollback reach every node over SSH from the
+    # provisioning server, which need not be on the management network
+    PortRule("ssh", 22, "tcp", "Provisioning server (install, rollout, rollback)", "server"),
     PortRule("ssh", 22, "tcp", "Remote management", "management"),
     PortRule("monitoring", 9100, "tcp", "Prometheus node exporter", "management"),
     PortRule("ntp", 123, "udp", "Time synchronization", "any"),

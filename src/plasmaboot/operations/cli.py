@@ -25,9 +25,16 @@ from plasmaboot.cli_common import (
     out,
     store_location,
 )
+from plasmaboot.cluster.membership import (
+    StoreMembership,
+    config_membership,
+    inventory_membership,
+)
+from plasmaboot.firstboot.backends import ClusterUnreachable, MembershipError
+from plasmaboot.firstboot.config import ConfigError, load_config
+from plasmaboot.inventory import Inventory
 from plasmaboot.lifecycle import IllegalTransition, State
 from plasmaboot.operations.nodes import (
-    MemberRemover,
     NodeOperations,
     OperationError,
     OperationFailed,
@@ -39,8 +46,14 @@ from plasmaboot.operations.power import (
     PowerCommand,
     power_nodes,
 )
-from plasmaboot.operations.rollout import DEFAULT_UPDATE_COMMAND, Rollout
+from plasmaboot.operations.rollout import (
+    DEFAULT_HEALTH_COMMAND,
+    DEFAULT_UPDATE_COMMAND,
+    HealthGate,
+    Rollout,
+)
 from plasmaboot.power import PowerError
+from plasmaboot.provision.nodefiles import pki_dir
 from plasmaboot.store import NodeRecord, StoreError, UnknownNode, open_store
 
 Nodes = Annotated[list[str], typer.Argument(help="Node host names.")]
@@ -48,39 +61,57 @@ ClusterConfig = Annotated[
     Path | None,
     typer.Option(
         "--cluster-config",
-        help="A member's cluster-config.json (URLs + TLS) to change cluster membership.",
+        help="A member's cluster-config.json (URLs + TLS) for the membership change, "
+        "instead of the inventory's store URLs and plasmaboot's operator certificate.",
+    ),
+]
+KeepMember = Annotated[
+    bool,
+    typer.Option(
+        "--keep-member",
+        help="Leave the cluster membership unchanged (default: remove the node from it).",
+    ),
+]
+Force = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Remove the node from the cluster even when that leaves no quorum of healthy "
+        "voting members, or no member at all.",
     ),
 ]
 Watch = Annotated[float, typer.Option(help="Seconds to watch the nodes reach active (0: no).")]
 
 
-def _remover(cluster_config: Path | None) -> MemberRemover | None:
+def _membership(inv: Inventory, state_dir: Path, cluster_config: Path | None) -> StoreMembership:
+    """The cluster-config.json's URLs and TLS when given, else the inventory's store URLs
+    with plasmaboot's operator certificate (issued from its PKI on first use)."""
     if cluster_config is None:
-        return None
-    from plasmaboot.cluster.membership import remove_member
-    from plasmaboot.firstboot.backends.base import http_client
-    from plasmaboot.firstboot.config import load_config
-
-    plan = load_config(cluster_config)
-
-    def remove(name: str) -> list[str]:
-        with http_client(plan.tls) as client:
-            return remove_member(plan, client, name)
-
-    return remove
+        return inventory_membership(inv, pki_dir(state_dir))
+    try:
+        return config_membership(load_config(cluster_config), inv)
+    except ConfigError as exc:
+        err.print(f"[red]refused:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 def _operations(
-    config: Path, state_dir: Path, cluster_config: Path | None, store_at: str | None = None
-) -> NodeOperations:
+    config: Path, state_dir: Path, cluster_config: Path | None, store_at: str | None = None,
+    *, leaves_cluster: bool = False, keep_member: bool = False, force: bool = False,
+) -> NodeOperations:  # fmt: skip
     inv = load_or_exit(config)
+    membership = None
+    if leaves_cluster and not keep_member:
+        membership = _membership(inv, state_dir, cluster_config)
     try:
         store = open_store(store_location(store_at, state_dir))
     except StoreError as exc:
         err.print(f"[red]store:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
-    return NodeOperations(inv, store, remove_member=_remover(cluster_config),
-                          log=lambda line: out.print(line, highlight=False))  # fmt: skip
+    return NodeOperations(
+        inv, store, membership=membership, keep_member=keep_member, force=force,
+        log=lambda line: out.print(line, highlight=False),
+    )  # fmt: skip
 
 
 Procedure = Callable[[NodeOperations, str], Coroutine[Any, Any, None] | None]
@@ -143,9 +174,14 @@ def provision(
 def reprovision(
     nodes: Nodes, config: ConfigOption, state_dir: StateDirOption = DEFAULT_STATE_DIR,
     cluster_config: ClusterConfig = None, watch: Watch = 1800, store_at: StoreOption = None,
+    keep_member: KeepMember = False, force: Force = False,
 ) -> None:  # fmt: skip
-    """Runbook 9.2: remove from the cluster, netboot and reinstall."""
-    ops = _operations(config, state_dir, cluster_config, store_at)
+    """Runbook 9.2: remove from the cluster, netboot and reinstall.
+
+    The node leaves the cluster store first (refused, changing nothing, when that would
+    break quorum, unless --force); the output says what was done per store service."""
+    ops = _operations(config, state_dir, cluster_config, store_at, leaves_cluster=True,
+                      keep_member=keep_member, force=force)  # fmt: skip
     _each(ops, nodes, NodeOperations.reprovision)
     _watch(ops, nodes, watch)
 
@@ -182,22 +218,67 @@ def activate(
 def decommission(
     nodes: Nodes, config: ConfigOption, state_dir: StateDirOption = DEFAULT_STATE_DIR,
     cluster_config: ClusterConfig = None, store_at: StoreOption = None,
+    keep_member: KeepMember = False, force: Force = False,
 ) -> None:  # fmt: skip
-    """Runbook 7.6: drain, leave the cluster, power off, mark decommissioned (history kept)."""
-    ops = _operations(config, state_dir, cluster_config, store_at)
+    """Runbook 7.6: drain, leave the cluster, power off, mark decommissioned (history kept).
+
+    Leaving the cluster store is checked before the drain: a removal that would break
+    quorum is refused, changing nothing, unless --force."""
+    ops = _operations(config, state_dir, cluster_config, store_at, leaves_cluster=True,
+                      keep_member=keep_member, force=force)  # fmt: skip
     _each(ops, nodes, NodeOperations.decommission)
+
+
+Health = Annotated[
+    str,
+    typer.Option(help="The node's health check, a command template ({node}, {ip}) run here."),
+]
+HealthTimeout = Annotated[float, typer.Option(help="Seconds a node has to pass the health gate.")]
+NoGate = Annotated[
+    bool,
+    typer.Option(
+        "--no-health-gate",
+        help="Skip the node health check and cluster verify (not recommended).",
+    ),
+]
+
+
+def _gate(
+    ops: NodeOperations, state_dir: Path, cluster_config: Path | None, health: str,
+    timeout: float, off: bool,
+) -> HealthGate | None:  # fmt: skip
+    """The node's health command, then `cluster verify` through the inventory's store URLs
+    (or a cluster-config.json's) when the inventory runs a store."""
+    if off:
+        return None
+    membership = _membership(ops.inventory, state_dir, cluster_config)
+
+    def cluster_check(hostname: str) -> list[str]:
+        try:
+            return membership.verify(hostname)
+        except (MembershipError, ClusterUnreachable, OSError) as error:
+            return [str(error)]
+
+    check = cluster_check if membership.services else None
+    return HealthGate(ops, health, check, timeout_s=timeout)
 
 
 def rollout(
     nodes: Nodes, config: ConfigOption, state_dir: StateDirOption = DEFAULT_STATE_DIR,
     command: Annotated[str, typer.Option(help="Update command template.")] = DEFAULT_UPDATE_COMMAND,
-    health: Annotated[str | None, typer.Option(help="Health check command template.")] = None,
+    health: Health = DEFAULT_HEALTH_COMMAND, health_timeout: HealthTimeout = 300,
+    no_health_gate: NoGate = False, cluster_config: ClusterConfig = None,
     timeout: Annotated[float, typer.Option(help="Seconds allowed per node update.")] = 3600,
     store_at: StoreOption = None,
 ) -> None:  # fmt: skip
-    """Runbook 7.4: update nodes one at a time, health-gated; stop at the first failure."""
+    """Runbook 7.4: update nodes one at a time; stop at the first failure.
+
+    After each node's update: its health check (default over SSH: systemctl
+    is-system-running) and `cluster verify` (one leader, every store member healthy and
+    voting), both within --health-timeout; only then the next node."""
     ops = _operations(config, state_dir, None, store_at)
-    job = Rollout(ops, command, health, timeout_s=timeout)
+    gate = _gate(ops, state_dir, cluster_config, health, health_timeout, no_health_gate)
+    job = Rollout(ops, command, gate, timeout_s=timeout)
     try:
         result = asyncio.run(job.run(nodes))
     except (OperationError, IllegalTransition, UnknownNode) as exc:

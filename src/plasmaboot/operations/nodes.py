@@ -3,8 +3,9 @@
 Each procedure checks the lifecycle first (so a refused step changes nothing), records what
 it asked the hardware to do as an event, and leaves state changes that depend on the
 machine (pxe-booting, installed, ...) to the traffic and agent reports that prove them.
-Cluster membership is changed through `cluster.membership` when the caller passes a
-member remover (a node's cluster-config.json gives the URLs and TLS files).
+Cluster membership is changed through `cluster.membership` when the caller passes one
+(the CLI does by default: the inventory's store URLs and plasmaboot's operator
+certificate); a removal that would break quorum is refused before anything is done.
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ from __future__ import annotations
 import asyncio
 import difflib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
+from plasmaboot.cluster.membership import Removal
+from plasmaboot.firstboot.backends import ClusterUnreachable, MembershipError
 from plasmaboot.install import InstallRunner, split_command
 from plasmaboot.inventory import Inventory, Node
 from plasmaboot.lifecycle import (
@@ -30,7 +34,6 @@ from plasmaboot.provision.lifecycle import LifecycleService
 from plasmaboot.store import NodeRecord, Store, UnknownNode
 
 ACTOR = "operator"
-MemberRemover = Callable[[str], list[str]]  # node name -> services it was removed from
 OUTPUT_BATCH_LINES = 50  # drain output: lines per `drain-output` event
 OUTPUT_BATCH_S = 2.0  # ... or seconds, whichever comes first
 
@@ -41,6 +44,15 @@ class OperationError(Exception):
 
 class OperationFailed(OperationError):
     """A step that ran (a drain command, say) failed; the message says what is left."""
+
+
+class Membership(Protocol):
+    """Removes a node from the cluster store(s); `check` changes nothing. Both raise
+    `MembershipError` (QuorumRefused: it would break quorum) or `ClusterUnreachable`."""
+
+    def check(self, hostname: str, force: bool = False) -> Sequence[Removal]: ...
+
+    def remove(self, hostname: str, force: bool = False) -> Sequence[Removal]: ...
 
 
 def unknown_names(wanted: Iterable[str], known: Iterable[str]) -> list[str]:
@@ -93,7 +105,9 @@ class NodeOperations:
     inventory: Inventory
     store: Store
     power: Callable[[Node], PowerDriver] = default_power
-    remove_member: MemberRemover | None = None
+    membership: Membership | None = None
+    keep_member: bool = False  # --keep-member: decommission/reprovision leave it alone
+    force: bool = False  # --force: remove even when it breaks quorum
     poll_s: float = 1.0
     log: Callable[[str], None] = field(default=lambda message: None)
     # serve passes its own, so CLI-driven transitions are counted and heard like any other
@@ -147,6 +161,7 @@ class NodeOperations:
     async def reprovision(self, hostname: str) -> None:
         """Runbook 9.2: leave the cluster, forget the install, netboot and reinstall."""
         self._require(self._record(hostname), Event.REPROVISION)
+        self._check_leave(hostname)
         self._leave_cluster(hostname)
         self._fire(hostname, Event.REPROVISION)
         await self.provision(hostname)
@@ -227,9 +242,12 @@ class NodeOperations:
         """
         record = self._record(hostname)
         self._require(record, Event.DECOMMISSION)
+        member = record.state not in (State.ENROLLED, State.DISCOVERED)
+        if member:
+            self._check_leave(hostname)  # a refusal comes before the drain
         if record.state is State.ACTIVE:
             await self.drain(hostname)
-        if record.state not in (State.ENROLLED, State.DISCOVERED):
+        if member:
             self._leave_cluster(hostname)
         spec = self.inventory.node(hostname)
         if spec is not None and spec.bmc is not None:
@@ -237,13 +255,41 @@ class NodeOperations:
             self.log(f"{hostname}: powered off")
         self._fire(hostname, Event.DECOMMISSION)
 
-    def _leave_cluster(self, hostname: str) -> None:
-        if self.remove_member is None:
-            self.log(f"{hostname}: no cluster config given, membership left unchanged")
+    def _check_leave(self, hostname: str) -> None:
+        """Refuse (changing nothing) a removal that would break quorum or cannot be done."""
+        if self.keep_member or self.membership is None:
             return
-        removed = self.remove_member(hostname)
-        self.store.record(hostname, "left-cluster", ACTOR, {"services": removed})
-        self.log(f"{hostname}: removed from {', '.join(removed) or 'no service'}")
+        try:
+            self.membership.check(hostname, self.force)
+        except (MembershipError, ClusterUnreachable) as error:
+            raise OperationError(
+                f"{hostname}: {error}; nothing was done. Pass --force to remove it anyway, "
+                "or --keep-member to leave the cluster membership unchanged"
+            ) from None
+
+    def _leave_cluster(self, hostname: str) -> None:
+        if self.keep_member:
+            self.store.record(hostname, "membership-kept", ACTOR, {"reason": "--keep-member"})
+            self.log(f"{hostname}: cluster membership skipped with --keep-member")
+            return
+        if self.membership is None:
+            self.log(f"{hostname}: no cluster settings given, membership left unchanged")
+            return
+        try:
+            results = self.membership.remove(hostname, self.force)
+        except (MembershipError, ClusterUnreachable) as error:
+            raise OperationFailed(
+                f"{hostname}: leaving the cluster failed: {error}. The node is still a "
+                "member; fix that and run the command again (or --keep-member)"
+            ) from None
+        lines = [r.line(hostname) for r in results]
+        self.store.record(
+            hostname, "left-cluster", ACTOR,
+            {"services": [r.service for r in results if r.outcome == "removed"],
+             "outcomes": lines, "forced": self.force},
+        )  # fmt: skip
+        for line in lines or ["no store service in the inventory: nothing to leave"]:
+            self.log(f"{hostname}: {line}")
 
     async def watch(
         self,

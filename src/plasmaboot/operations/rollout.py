@@ -1,10 +1,17 @@
 """Runbook 7.4, a rolling update: one node at a time, health-gated, stop on the first
-failure so a bad change never reaches more than one node."""
+failure so a bad change never reaches more than one node.
+
+The health gate after each node (and after a rollback, runbook 9.1) is the node's own
+health command (default: over SSH, `systemctl is-system-running`: every unit up, none
+failed) polled until it passes or `timeout_s` runs out, then `cluster verify` (one leader,
+every member healthy and voting, the node itself a healthy voting member where it runs the
+store) polled within the same deadline."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from plasmaboot.install import InstallRunner, split_command
@@ -12,6 +19,71 @@ from plasmaboot.lifecycle import Event, State
 from plasmaboot.operations.nodes import ACTOR, NodeOperations, OperationError
 
 DEFAULT_UPDATE_COMMAND = "nixos-rebuild switch --flake {flake}#{node} --target-host root@{ip}"
+SSH = "ssh -o BatchMode=yes -o ConnectTimeout=10"
+DEFAULT_HEALTH_COMMAND = f"{SSH} root@{{ip}} systemctl is-system-running"
+ClusterCheck = Callable[[str], list[str]]  # node name -> problems (empty: healthy)
+
+
+def variables(ops: NodeOperations, hostname: str) -> dict[str, str]:
+    """What a rollout, health or rollback command template may name."""
+    node = ops._spec(hostname)
+    installer = ops.inventory.server.installer
+    return {"node": hostname, "ip": str(node.provisioning_ip), "flake": installer.flake or ""}
+
+
+async def run_step(
+    ops: NodeOperations, hostname: str, command: str, event: str, timeout_s: float
+) -> bool:
+    """Run one command template for the node; its outcome becomes the event `event`."""
+    runner = InstallRunner(1, timeout_s)
+    lines: list[str] = []
+    result = await runner.run(
+        hostname, split_command(command), variables(ops, hostname), lines.append
+    )
+    ops.store.record(
+        hostname, event, ACTOR,
+        {"returncode": result.returncode, "timed_out": result.timed_out, "tail": result.tail},
+    )  # fmt: skip
+    return result.ok
+
+
+@dataclass
+class HealthGate:
+    """The node's health command, then `cluster verify`, within one deadline."""
+
+    ops: NodeOperations
+    health_command: str | None = DEFAULT_HEALTH_COMMAND
+    cluster_check: ClusterCheck | None = None
+    timeout_s: float = 300
+    poll_s: float = 5
+
+    async def failure(self, hostname: str, what: str = "rollout") -> str | None:
+        """None when the node passes; else why not (recorded as `<what>-health-failed`)."""
+        deadline = time.monotonic() + self.timeout_s
+        reason = None
+        if self.health_command is not None:
+            while not await run_step(
+                self.ops, hostname, self.health_command, f"{what}-health", self.timeout_s
+            ):
+                if time.monotonic() >= deadline:
+                    reason = (
+                        f"the node did not pass its health check within {self.timeout_s:.0f} s "
+                        f"({self.health_command})"
+                    )
+                    break
+                await asyncio.sleep(self.poll_s)
+        while reason is None and self.cluster_check is not None:
+            problems = await asyncio.to_thread(self.cluster_check, hostname)
+            if not problems:
+                self.ops.store.record(hostname, f"{what}-cluster-verified", ACTOR, {})
+                break
+            if time.monotonic() >= deadline:
+                reason = f"cluster verify failed: {'; '.join(problems)}"
+            else:
+                await asyncio.sleep(self.poll_s)
+        if reason is not None:
+            self.ops.store.record(hostname, f"{what}-health-failed", ACTOR, {"reason": reason})
+        return reason
 
 
 @dataclass
@@ -30,38 +102,8 @@ class RolloutResult:
 class Rollout:
     ops: NodeOperations
     update_command: str = DEFAULT_UPDATE_COMMAND
-    health_command: str | None = None
+    gate: HealthGate | None = None  # None: ungated (the CLI gates unless --no-health-gate)
     timeout_s: float = 3600
-    health_timeout_s: float = 300
-    health_poll_s: float = 5
-
-    def _variables(self, hostname: str) -> dict[str, str]:
-        node = self.ops._spec(hostname)
-        installer = self.ops.inventory.server.installer
-        return {"node": hostname, "ip": str(node.provisioning_ip), "flake": installer.flake or ""}
-
-    async def _run(self, hostname: str, command: str, what: str, timeout_s: float) -> bool:
-        runner = InstallRunner(1, timeout_s)
-        lines: list[str] = []
-        result = await runner.run(
-            hostname, split_command(command), self._variables(hostname), lines.append
-        )
-        self.ops.store.record(
-            hostname, f"rollout-{what}", ACTOR,
-            {"returncode": result.returncode, "timed_out": result.timed_out,
-             "tail": result.tail},
-        )  # fmt: skip
-        return result.ok
-
-    async def _healthy(self, hostname: str) -> bool:
-        if self.health_command is None:
-            return True
-        deadline = time.monotonic() + self.health_timeout_s
-        while time.monotonic() < deadline:
-            if await self._run(hostname, self.health_command, "health", self.health_timeout_s):
-                return True
-            await asyncio.sleep(self.health_poll_s)
-        return False
 
     async def run(self, hostnames: list[str]) -> RolloutResult:
         result = RolloutResult()
@@ -73,10 +115,16 @@ class Rollout:
                     "takes active nodes; fix or remove it from the list"
                 )
             self.ops._fire(hostname, Event.DRAIN, {"rollout": True})
-            if not await self._run(hostname, self.update_command, "update", self.timeout_s):
+            update = await run_step(
+                self.ops, hostname, self.update_command, "rollout-update", self.timeout_s
+            )
+            unhealthy = None
+            if update and self.gate is not None:
+                unhealthy = await self.gate.failure(hostname)
+            if not update:
                 reason = "the update command failed"
-            elif not await self._healthy(hostname):
-                reason = "the node did not pass its health check after the update"
+            elif unhealthy is not None:
+                reason = f"after the update, {unhealthy}"
             else:
                 self.ops._fire(hostname, Event.ACTIVATE, {"rollout": "updated"})
                 result.updated.append(hostname)

@@ -148,6 +148,7 @@ def _sign_node(
     ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address],
     key: ec.EllipticCurvePrivateKey,
     days: int,
+    usages: tuple[x509.ObjectIdentifier, ...] = tuple(_NODE_USAGES),
 ) -> x509.Certificate:
     ca_cert, ca_key = _load_ca(pki_dir)
     now = dt.datetime.now(dt.UTC)
@@ -164,9 +165,7 @@ def _sign_node(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
+            x509.ExtendedKeyUsage(list(usages)),
             critical=False,
         )
         .add_extension(
@@ -188,6 +187,34 @@ def issue_node_cert(
     paths = NodeCertPaths(
         pki_dir / f"{hostname}.crt", pki_dir / f"{hostname}.key", pki_dir / CA_CERT
     )
+    _write_key(paths.key, key)
+    _write_cert(paths.cert, cert)
+    return paths
+
+
+def issue_client_cert(pki_dir: Path, name: str, days: int = 365) -> NodeCertPaths:
+    """Issue ``<name>.crt``/``.key`` for a client only (clientAuth, no address SANs): what
+    an operator tool presents to the cluster store, which trusts the cluster CA."""
+    if not name or "." in name:
+        raise PKIError(f"{name!r}: give a short name without dots, e.g. plasmaboot-operator")
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _sign_node(pki_dir, [name], [], key, days, (ExtendedKeyUsageOID.CLIENT_AUTH,))
+    paths = node_cert_paths(pki_dir, name)
+    _write_key(paths.key, key)
+    _write_cert(paths.cert, cert)
+    return paths
+
+
+def issue_server_cert(
+    pki_dir: Path, name: str, dns_names: list[str], ips: list[str], days: int = 365
+) -> NodeCertPaths:
+    """Issue ``<name>.crt``/``.key`` for one of plasmaboot's own services (the admin API),
+    with these DNS and IP SANs; `name` is a file name, not a node's."""
+    if not dns_names:
+        raise PKIError(f"{name}: a server certificate needs at least one DNS name")
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _sign_node(pki_dir, dns_names, _parse_ips(ips), key, days)
+    paths = NodeCertPaths(pki_dir / f"{name}.crt", pki_dir / f"{name}.key", pki_dir / CA_CERT)
     _write_key(paths.key, key)
     _write_cert(paths.cert, cert)
     return paths

@@ -13,7 +13,6 @@ from __future__ import annotations
 import abc
 import asyncio
 import enum
-import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -22,6 +21,7 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from plasmaboot.logs import get_logger
 from plasmaboot.power.errors import (
     BmcUnreachableError,
     FatalPowerError,
@@ -29,7 +29,7 @@ from plasmaboot.power.errors import (
     RetryablePowerError,
 )
 
-log = logging.getLogger("plasmaboot.power")
+log = get_logger("plasmaboot.power")
 
 T = TypeVar("T")
 
@@ -196,7 +196,7 @@ class BmcDriver(PowerDriver):
     async def _power_to(self, target: PowerState, action: PowerAction) -> None:
         # Some BMCs answer "On" for a machine already on with 409 Conflict: ask first.
         if await self.power_state() is target:
-            log.info("power already %s node=%s", target.value, self.node_name)
+            log.info("power already in that state", node=self.node_name, state=target.value)
             return
         await self._with_retries(f"power_{action.value}", lambda: self._request_power(action))
         await self._wait_for(target)
@@ -213,11 +213,11 @@ class BmcDriver(PowerDriver):
             "set_boot_device", lambda: self._write_boot_device(device, persistent, uefi)
         )
         log.info(
-            "boot device set node=%s device=%s persistent=%s uefi=%s",
-            self.node_name,
-            device.value,
-            persistent,
-            uefi,
+            "boot device set",
+            node=self.node_name,
+            device=device.value,
+            persistent=persistent,
+            uefi=uefi,
         )
 
     def _where(self) -> str:
@@ -227,12 +227,11 @@ class BmcDriver(PowerDriver):
         last_error: RetryablePowerError | None = None
         for attempt in range(1, self.retry.attempts + 1):
             log.debug(
-                "power request node=%s driver=%s op=%s attempt=%d/%d",
-                self.node_name,
-                self.name,
-                operation,
-                attempt,
-                self.retry.attempts,
+                "power request",
+                node=self.node_name,
+                driver=self.name,
+                op=operation,
+                attempt=f"{attempt}/{self.retry.attempts}",
             )
             try:
                 async with asyncio.timeout(self.retry.request_timeout_s):
@@ -244,15 +243,16 @@ class BmcDriver(PowerDriver):
             except RetryablePowerError as exc:
                 last_error = exc
             except FatalPowerError as exc:
-                log.error("power %s failed node=%s fatal=%s", operation, self.node_name, exc)
+                log.error(
+                    "power attempt failed, fatal", node=self.node_name, op=operation, error=exc
+                )
                 raise
             log.warning(
-                "power %s failed node=%s attempt=%d/%d error=%s",
-                operation,
-                self.node_name,
-                attempt,
-                self.retry.attempts,
-                last_error,
+                "power attempt failed",
+                node=self.node_name,
+                op=operation,
+                attempt=f"{attempt}/{self.retry.attempts}",
+                error=last_error,
             )
             if attempt < self.retry.attempts:
                 await asyncio.sleep(self.retry.delay_after(attempt))
@@ -267,7 +267,7 @@ class BmcDriver(PowerDriver):
         while True:
             state = await self.power_state()
             if state is target:
-                log.info("power state reached node=%s state=%s", self.node_name, state.value)
+                log.info("power state reached", node=self.node_name, state=state.value)
                 return
             if time.monotonic() >= deadline:
                 raise PowerStateTimeoutError(

@@ -7,7 +7,6 @@ is masked, so it cannot leak into logs, errors or API answers by accident.
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
 from pathlib import Path
@@ -15,9 +14,10 @@ from typing import Protocol
 
 from pydantic import SecretStr
 
+from plasmaboot.logs import get_logger
 from plasmaboot.power.errors import CredentialSourceError
 
-log = logging.getLogger("plasmaboot.power")
+log = get_logger("plasmaboot.power")
 
 
 class BmcCredentialSource(Protocol):
@@ -72,7 +72,7 @@ def _read_password_file(path: Path, field: str) -> str:
             f"{field}: {str(path)!r} is not a UTF-8 text file ({type(exc).__name__})"
         ) from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("password file is readable by group/others path=%s fix=chmod 600", path)
+        log.warning("password file is readable by group/others", path=path, fix="chmod 600")
     password = text.rstrip("\r\n")
     if not password:
         raise CredentialSourceError(f"{field}: file {str(path)!r} is empty")

@@ -16,7 +16,6 @@ an answer is retryable.
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +24,7 @@ from typing import Any, ClassVar, TypeVar
 from pyghmi.exceptions import IpmiException
 from pyghmi.ipmi import command as ipmi_command
 
+from plasmaboot.logs import get_logger
 from plasmaboot.power.base import BmcDriver, BmcSettings, BootDevice, PowerAction, PowerState
 from plasmaboot.power.errors import (
     BadCredentialsError,
@@ -34,7 +34,7 @@ from plasmaboot.power.errors import (
     UnsupportedOperationError,
 )
 
-log = logging.getLogger("plasmaboot.power")
+log = get_logger("plasmaboot.power")
 
 T = TypeVar("T")
 
@@ -99,7 +99,7 @@ class IpmiDriver(BmcDriver):
             # Stop the BMC from dropping the override after its 60 s timer (spec 28.13).
             await self._raw(CMD_SET_SYSTEM_BOOT_OPTIONS, (BOOT_PARAM_INFO_ACK, 0x08))
         except UnsupportedOperationError:
-            log.debug("BMC ignores boot info acknowledge node=%s", self.node_name)
+            log.debug("BMC ignores boot info acknowledge", node=self.node_name)
         flags = BOOT_FLAGS_VALID
         if persistent:
             flags |= BOOT_FLAGS_PERSISTENT

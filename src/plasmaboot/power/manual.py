@@ -9,17 +9,17 @@ is whatever the operator last confirmed, or ``unknown``.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 from pydantic import Field
 
+from plasmaboot.logs import get_logger
 from plasmaboot.power.base import BootDevice, DriverSettings, PowerDriver, PowerState
 from plasmaboot.power.errors import OperatorTimeoutError
 
-log = logging.getLogger("plasmaboot.power")
+log = get_logger("plasmaboot.power")
 
 
 @dataclass
@@ -117,7 +117,7 @@ class ManualDriver(PowerDriver):
     async def _ask(self, action: str, resulting: PowerState | None) -> None:
         instruction = self.instruction(action)
         step = self.confirmations.request(self.node_name, instruction)
-        log.warning("manual power step node=%s instruction=%s", self.node_name, instruction)
+        log.warning("manual power step", node=self.node_name, instruction=instruction)
         if self.notify is not None:
             self.notify(self.node_name, instruction)
         try:
@@ -132,4 +132,4 @@ class ManualDriver(PowerDriver):
             self.confirmations.withdraw(self.node_name, step)
         if resulting is not None:
             self._confirmed_state = resulting
-        log.info("manual power step confirmed node=%s action=%s", self.node_name, action)
+        log.info("manual power step confirmed", node=self.node_name, action=action)

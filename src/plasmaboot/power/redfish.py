@@ -9,7 +9,6 @@ certificate checks follow ``bmc.verify_tls``.
 
 from __future__ import annotations
 
-import logging
 import ssl
 from typing import Any, ClassVar
 
@@ -24,8 +23,6 @@ from plasmaboot.power.errors import (
     RetryablePowerError,
     UnsupportedOperationError,
 )
-
-log = logging.getLogger("plasmaboot.power")
 
 SYSTEMS_PATH = "/redfish/v1/Systems"
 RESET_TYPES: dict[PowerAction, tuple[str, ...]] = {

@@ -5,7 +5,7 @@ running server shares (inventory, settings, agent tokens, health probes);
 `DeadlineReaper` fails the nodes stuck in a state that waits for the machine.
 """
 
-from plasmaboot.provision.deadlines import DeadlineReaper, deadlines_for
+from plasmaboot.provision.deadlines import DeadlineReaper
 from plasmaboot.provision.lifecycle import LifecycleService, Listener
 from plasmaboot.provision.service import Provisioner, ProvisionerSettings
 from plasmaboot.provision.tokens import AgentTokens, TokenRefused
@@ -18,5 +18,4 @@ __all__ = [
     "Provisioner",
     "ProvisionerSettings",
     "TokenRefused",
-    "deadlines_for",
 ]

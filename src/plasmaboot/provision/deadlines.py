@@ -18,40 +18,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge
 
-from plasmaboot.inventory import Inventory
+from plasmaboot.inventory.deadlines import deadlines_for
 from plasmaboot.lifecycle import STABLE_STATES, TRANSITIONS, Event, IllegalTransition, State
+from plasmaboot.logs import get_logger
 from plasmaboot.provision.service import Provisioner
 from plasmaboot.store import NodeRecord, UnknownNode
 
-log = logging.getLogger("plasmaboot.deadlines")
+log = get_logger("plasmaboot.deadlines")
 
 ACTOR = "deadline"
 OVERDUE_EVENT = "deadline-overdue"
 # How often serve's reaper looks (at most): a deadline is enforced within this of passing.
 REAP_INTERVAL_S = 5.0
-# The install may take the installer's whole timeout; this covers the reboot around it.
-INSTALL_MARGIN_S = 15 * 60
-
-# Defaults for real hardware (why each, in docs/lifecycle.md "Deadlines"); `installing`
-# (and `installer-booted` for an installer that installs itself) comes from the
-# inventory's installer timeout, see `deadlines_for`.
-DEFAULT_DEADLINES_S: dict[State, int] = {
-    State.PXE_BOOTING: 15 * 60,
-    State.INSTALLER_BOOTED: 10 * 60,
-    State.INSTALLED: 30 * 60,
-    State.FIRST_BOOT: 30 * 60,
-    State.JOINING: 30 * 60,
-    State.DRAINING: 60 * 60,
-}
-
 DEADLINE_FAILURES = Counter(
     "plasmaboot_lifecycle_deadline_failures_total",
     "Nodes moved to their failed state because an unstable state outlived its deadline",
@@ -70,28 +54,6 @@ def failure_event(state: State) -> Event | None:
         if (event, state) in TRANSITIONS:
             return event
     return None
-
-
-def deadlines_for(inv: Inventory) -> dict[State, float]:
-    """Seconds each unstable state may last: the defaults, then the inventory's overrides.
-
-    `installing` is the installer's timeout per round of serve's install queue (every
-    inventory node installing at once, `max_concurrent` at a time: a queued node already
-    waits in `installing`) plus a margin. An installer image that installs itself (no
-    install command) reports `installed` straight from `installer-booted`, so that state
-    gets the install's deadline too.
-    """
-    installer = inv.server.installer
-    rounds = 1
-    if installer.command is not None:
-        rounds = max(1, math.ceil(len(inv.nodes) / installer.max_concurrent))
-    install = installer.timeout_s * rounds + INSTALL_MARGIN_S
-    deadlines: dict[State, float] = {**DEFAULT_DEADLINES_S, State.INSTALLING: install}
-    if installer.command is None:
-        deadlines[State.INSTALLER_BOOTED] = install
-    for name, seconds in inv.server.deadlines.items():
-        deadlines[State(name)] = seconds
-    return deadlines
 
 
 @dataclass(frozen=True)
@@ -177,12 +139,12 @@ class DeadlineReaper:
                     self.provisioner.store.record(late.hostname, OVERDUE_EVENT, ACTOR, detail)
                 entry.reported = True
                 log.warning(
-                    "%s is %s for %.0f s, past its %.0f s deadline; it stays there (no "
-                    "failed state): look at the drain",
-                    late.hostname,
-                    late.state.value,
-                    late.overdue_s + late.deadline_s,
-                    late.deadline_s,
+                    f"{late.hostname} is past its deadline; it stays there (no failed "
+                    "state): look at the drain",
+                    node=late.hostname,
+                    state=late.state.value,
+                    for_s=round(late.overdue_s + late.deadline_s),
+                    deadline_s=late.deadline_s,
                 )
             return
         # Re-read just before firing: a report may have moved the node since the list.
@@ -192,17 +154,17 @@ class DeadlineReaper:
         try:
             self.provisioner.fire(late.hostname, event, ACTOR, detail)
         except IllegalTransition as exc:  # another server moved it first: normal
-            log.debug("deadline of %s not enforced: %s", late.hostname, exc)
+            log.debug("deadline not enforced", node=late.hostname, reason=str(exc))
             return
         except UnknownNode:
             return
         DEADLINE_FAILURES.labels(late.state.value).inc()
         log.warning(
-            "%s failed by its deadline: %s for longer than %.0f s (stopped at %s)",
-            late.hostname,
-            late.state.value,
-            late.deadline_s,
-            late.stopped_at,
+            f"{late.hostname} failed by its deadline",
+            node=late.hostname,
+            state=late.state.value,
+            deadline_s=late.deadline_s,
+            stopped_at=late.stopped_at,
         )
 
     def _entry(self, node: NodeRecord) -> _Entry:

@@ -8,7 +8,6 @@ listener (the installer driver starts installs from them).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,9 +15,10 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 
 from plasmaboot.lifecycle import TRANSITIONS, Event, IllegalTransition
+from plasmaboot.logs import get_logger
 from plasmaboot.store import EventRecord, NodeRecord, Store
 
-log = logging.getLogger("plasmaboot.lifecycle")
+log = get_logger("plasmaboot.lifecycle")
 
 TRANSITIONS_TOTAL = Counter(
     "plasmaboot_lifecycle_transitions_total", "Lifecycle transitions applied", ["event", "to"]
@@ -70,14 +70,12 @@ class LifecycleService:
             try:
                 listener(record)
             except Exception:
-                log.exception("lifecycle listener failed for %s", hostname)
+                log.exception("lifecycle listener failed", node=hostname)
         log.info(
-            "lifecycle %s: %s -> %s (%s by %s)",
-            hostname,
-            record.from_state,
-            record.to_state,
-            event.value,
-            actor,
+            f"lifecycle {hostname}: {record.from_state} -> {record.to_state}",
+            node=hostname,
+            trigger=event.value,
+            actor=actor,
         )
         return record
 
@@ -100,5 +98,5 @@ class LifecycleService:
             return known
         record = self.store.discover(mac, actor, detail)
         DISCOVERED_TOTAL.labels(actor).inc()
-        log.info("discovered %s as %s (by %s)", mac, record.hostname, actor)
+        log.info("unknown machine discovered", node=record.hostname, mac=mac, actor=actor)
         return record

@@ -50,7 +50,7 @@ class Provisioner:
 
     def __post_init__(self) -> None:
         self.lifecycle = LifecycleService(self.store)
-        self.tokens = AgentTokens(self.store, signing_key(self.settings.state_dir))
+        self.tokens = AgentTokens(self.store, signing_key(self.store, self.settings.state_dir))
 
     @property
     def listeners(self) -> list[Listener]:

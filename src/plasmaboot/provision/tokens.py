@@ -1,12 +1,13 @@
 """Agent tokens, after Ironic's agent token: a boot token, then a session token.
 
 The per-node boot script puts a *boot token* on the installer's kernel command line. It
-is signed (HMAC-SHA256 with a key kept 0600 in the state directory) and names its node
-and expiry, so handing one out costs no store write: a machine stuck in a netboot loop
-cannot grow the database. The agent exchanges it exactly once (lookup): the exchange
-records the token's hash, so a replay is refused, and returns a *session token*, stored
-only as a hash, that authenticates the agent's reports until it expires. Both are bound
-to one node: a token seen on one machine's console cannot move another machine.
+is signed (HMAC-SHA256 with a key kept in the store, so every server sharing the store
+accepts it) and names its node and expiry, so handing one out costs no store write: a
+machine stuck in a netboot loop cannot grow the database. The agent exchanges it exactly
+once (lookup): the exchange records the token's hash, so a replay is refused, and returns
+a *session token*, stored only as a hash, that authenticates the agent's reports until it
+expires. Both are bound to one node: a token seen on one machine's console cannot move
+another machine.
 
 The installed OS reports its first boot and join long after a session token has expired,
 so it gets a *node credential* of its own: issued when the node's install files are
@@ -28,7 +29,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -44,7 +44,8 @@ from plasmaboot.store import NodeRecord, Store, Token
 BOOT_TTL_S = 2 * 3600
 SESSION_TTL_S = 24 * 3600
 NODE_CREDENTIAL_TTL_S = 5 * 365 * 86400  # revoked by reprovision/decommission, not by age
-KEY_FILE = "agent-token.key"
+KEY_NAME = "agent-token"  # the signing key's name in the store
+KEY_FILE = "agent-token.key"  # where the key lived before the store kept it
 _CYCLE_SCAN = 16  # events read back to find the node's current pxe-boot (then all of them)
 
 BOOT_TOKEN_REFUSED = Counter(
@@ -99,18 +100,15 @@ def constant_time_equal(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
 
 
-def signing_key(state_dir: Path) -> bytes:
-    """The boot-token key: made once, 0600, never logged."""
-    path = state_dir / KEY_FILE
-    if not path.exists():
-        state_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another server sharing the directory made it first
-            return path.read_bytes()
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(secrets.token_bytes(32))
-    return path.read_bytes()
+def signing_key(store: Store, state_dir: Path | None = None) -> bytes:
+    """The boot-token key, kept in the store: every server sharing a store signs and
+    checks with one key, made once by whichever server asks first (insert-if-absent).
+    A key file an earlier version left in the state directory is that server's
+    candidate, so the boot tokens it signed stay good. Never logged."""
+    candidate = b""
+    if state_dir is not None and (state_dir / KEY_FILE).is_file():
+        candidate = (state_dir / KEY_FILE).read_bytes()
+    return store.secret(KEY_NAME, candidate or secrets.token_bytes(32))
 
 
 def _b64(data: bytes) -> str:

@@ -5,6 +5,12 @@ listener advertises its IP, and a first boot must not depend on DNS that the clu
 is about to provide. `leader_url` stays the first bootstrap node's FQDN (certificates carry
 DNS and IP SANs, so either verifies); `member_urls` add IP-based fallbacks for joiners.
 
+First boot waits for its peers as long as the server waits for it: a bootstrap member's
+store is healthy only once a quorum of the others is installed and booted, and a joiner
+needs a formed cluster, so `health_timeout_s` and `join_max_attempts` (full-jitter
+backoff capped at `retry_cap_s`: half of it apart on average) fill the `joining` deadline
+of the inventory, less a minute for the report.
+
 `cluster_backend` follows the inventory's `cluster.store`. etcd stands in for Chainfire on
 the same ports and URLs; it has no FlareDB (the inventory refuses flaredb with it), so its
 documents say `flaredb_enabled: false`.
@@ -15,7 +21,9 @@ from __future__ import annotations
 from typing import Any
 
 from plasmaboot.firstboot.schema import validate_cluster_config
+from plasmaboot.inventory.deadlines import deadlines_for
 from plasmaboot.inventory.models import Inventory, Node
+from plasmaboot.lifecycle import State
 from plasmaboot.render.common import (
     SECRETS_DIR,
     Files,
@@ -80,10 +88,24 @@ def cluster_config(inv: Inventory, node: Node, agent_token: str | None = None) -
     if "iam" in services:
         doc["iam_health_url"] = f"http://{ip}:{IAM_PORT}/health"
     doc["tls"] = {"enabled": True, **tls_paths(node)}
+    doc.update(first_boot_waits(inv))
     if agent_token is not None:
         doc["plasmaboot_url"] = base_url(inv)
         doc["agent_token"] = agent_token
     return doc
+
+
+RETRY_CAP_S = 30
+
+
+def first_boot_waits(inv: Inventory) -> dict[str, float | int]:
+    """How long first boot waits for its store and its peers: the `joining` deadline."""
+    wait = max(120.0, deadlines_for(inv)[State.JOINING] - 60)
+    return {
+        "health_timeout_s": wait,
+        "retry_cap_s": RETRY_CAP_S,
+        "join_max_attempts": max(5, int(wait // (RETRY_CAP_S / 2))),
+    }
 
 
 def render_cluster_config(inv: Inventory, ctx: RenderContext) -> Files:

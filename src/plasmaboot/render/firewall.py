@@ -4,8 +4,10 @@ All three read `resolved_rules`, so a port is open in all of them or in none. Sc
 against the inventory: internal = the site (`internal_network`), cluster = production (else
 the provisioning networks, as in the lab), management = management (else the provisioning
 networks, where the operator reaches the lab), storage = storage (rules for it are left out
-when there is no such network). "The provisioning networks" are the one named provisioning
-and every network DHCP serves (one per rack behind relays): a rule then names each subnet.
+when there is no such network), server = the provisioning server's address alone (SSH for
+install, rollout and rollback; never the whole world). "The provisioning networks" are the
+one named provisioning and every network DHCP serves (one per rack behind relays): a rule
+then names each subnet.
 
 The seeds flush the whole ruleset and drop forwarding; that would erase the tables of other
 software and cut off VM and pod traffic on workers. The nftables ruleset here owns only its
@@ -63,6 +65,8 @@ def scope_networks(inv: Inventory, scope: Scope) -> tuple[IPv4Network, ...]:
         return _fallback(inv, "production")
     if scope == "management":
         return _fallback(inv, "management")
+    if scope == "server":
+        return (IPv4Network(f"{inv.server.provisioning_ip}/32"),)
     storage = inv.network("storage")
     if storage is None:
         raise LookupError("the inventory has no storage network")

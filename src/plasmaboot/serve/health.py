@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import fcntl
 import functools
-import logging
 import secrets
 import socket
 import struct
@@ -32,10 +31,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from plasmaboot.dhcp.server import PROBE_MAGIC, DhcpServer
+from plasmaboot.logs import get_logger
 from plasmaboot.serve.loop_thread import LoopThread
 from plasmaboot.tftp.server import PROBE_FILENAME, TftpServer
 
-log = logging.getLogger("plasmaboot.health")
+log = get_logger("plasmaboot.health")
 
 PROBE_PERIOD_S = 2.0
 PROBE_TIMEOUT_S = 1.0
@@ -195,9 +195,9 @@ class HealthProber:
         before = self.results.get(name)
         self.results[name] = result
         if not result.ok and (before is None or before.ok):
-            log.warning("health: %s failed: %s", name, result.reason)
+            log.warning(f"health: {name} failed", service=name, reason=result.reason)
         elif result.ok and before is not None and not before.ok:
-            log.warning("health: %s answers again", name)
+            log.warning(f"health: {name} answers again", service=name)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="health")

@@ -10,20 +10,19 @@ running one kept (Cobbler's lesson: never restart into a broken config).
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
-import secrets
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
 
+from plasmaboot import logs
 from plasmaboot.dhcp.config import DhcpConfigError
 from plasmaboot.dhcp.server import DhcpServer
 from plasmaboot.install.driver import InstallDriver
 from plasmaboot.inventory import Inventory, InventoryError, load_inventory
 from plasmaboot.provision import DeadlineReaper, Provisioner, ProvisionerSettings
+from plasmaboot.serve.admin import ensure_admin_certificate, server_context, static_admin_token
 from plasmaboot.serve.health import HealthProber, Probe, dhcp_probe, http_probe, tftp_probe
 from plasmaboot.serve.loop_thread import LoopThread
 from plasmaboot.store import StoreError, open_store
@@ -31,7 +30,7 @@ from plasmaboot.tftp import DEBIAN_IPXE_LINK_ROOTS, DEBIAN_IPXE_ROOT
 from plasmaboot.tftp.server import TftpServer
 from plasmaboot.web.app import build_app
 
-log = logging.getLogger("plasmaboot.serve")
+log = logs.get_logger("plasmaboot.serve")
 
 
 @dataclass
@@ -45,6 +44,9 @@ class ServeOptions:
     dhcp_port: int | None = None
     tftp_port: int | None = None
     http_port: int | None = None
+    # The admin API's listener (TLS); default: the inventory's server.admin (loopback).
+    admin_bind: str | None = None
+    admin_port: int | None = None
     proxy_dhcp: bool = False
     dhcp: bool = True
     simulate_disk_boot: bool = False
@@ -55,19 +57,6 @@ class ServeOptions:
 
 class ServeError(Exception):
     """A reason `serve` cannot start, worded for the operator."""
-
-
-def admin_token(state_dir: Path) -> str:
-    """The admin API token: `PLASMABOOT_ADMIN_TOKEN`, or a 0600 file made on first start."""
-    if token := os.environ.get("PLASMABOOT_ADMIN_TOKEN"):
-        return token
-    path = state_dir / "admin.token"
-    if not path.exists():
-        state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(32) + "\n")
-    return path.read_text().strip()
 
 
 def dhcp_interface(options: ServeOptions, inv: Inventory) -> str:
@@ -118,6 +107,9 @@ class ProvisioningServer:
         self.tftp: TftpServer | None = None
         self.tftp_thread: LoopThread | None = None
         self.http: web.AppRunner | None = None
+        self.admin: web.AppRunner | None = None
+        self.admin_bind = options.admin_bind or str(inv.server.admin.address)
+        self.admin_port = options.admin_port or inv.server.admin.port
         self.health: HealthProber | None = None
         self.reaper = DeadlineReaper(self.provisioner)
 
@@ -127,28 +119,39 @@ class ProvisioningServer:
             inv = load_inventory(self.options.config)
         except InventoryError as exc:
             problems = [p.render(exc.source) for p in exc.problems]
-            log.error(
-                "inventory reload refused, keeping the running one:\n  %s", "\n  ".join(problems)
-            )
+            log.error("inventory reload refused, keeping the running one", problems=problems)
             return problems
         result = self.store.import_inventory(inv, actor="reload")
         self.provisioner.inventory = inv
         if self.dhcp is not None:
             self.dhcp.reload(inv)
         log.info(
-            "inventory reloaded: added %s, updated %s, retired %s",
-            result.added,
-            result.updated,
-            result.retired,
+            "inventory reloaded",
+            added=result.added,
+            updated=result.updated,
+            retired=result.retired,
         )
         return []
 
     async def start(self) -> None:
         opts, inv = self.options, self.provisioner.inventory
-        app = build_app(self.provisioner, admin_token(opts.state_dir), self.reload)
+        static = static_admin_token(opts.state_dir)
+        app = build_app(self.provisioner, static, self.reload, listener="boot")
         self.http = web.AppRunner(app, access_log=None)
         await self.http.setup()
         await web.TCPSite(self.http, opts.bind, self.http_port, reuse_address=True).start()
+        # The admin API: its own address and port, TLS from plasmaboot's CA (serve/admin.py).
+        certificate = ensure_admin_certificate(opts.state_dir, inv, self.admin_bind)
+        admin_app = build_app(self.provisioner, static, self.reload, listener="admin")
+        self.admin = web.AppRunner(admin_app, access_log=None)
+        await self.admin.setup()
+        await web.TCPSite(
+            self.admin,
+            self.admin_bind,
+            self.admin_port,
+            ssl_context=server_context(certificate),
+            reuse_address=True,
+        ).start()
         self.tftp = TftpServer(
             opts.tftp_root,
             # Debian's ipxe.efi is a symlink into /boot: allow that link, and only that.
@@ -186,18 +189,18 @@ class ProvisioningServer:
         self.health.publish(self.provisioner.probes)
         self.health.start()
         self.reaper.start()  # deadlines of the states that wait for the machine
-        log.info(
-            "serving %s: http %s:%s, tftp %s:%s%s, dhcp %s",
-            inv.cluster.name,
-            opts.bind,
-            self.http_port,
-            opts.bind,
-            self.tftp.port,
-            f" on {self.interface}" if self.interface else "",
+        tftp_on = f" on {self.interface}" if self.interface else ""
+        dhcp = (
             f"on {self.interface} port {self.dhcp.port} (every address of the interface: "
             "broadcasts are heard whatever --bind says)"
             if self.dhcp
-            else "off",
+            else "off"
+        )
+        log.info(
+            f"serving {inv.cluster.name}: http {opts.bind}:{self.http_port} (boot and agent "
+            f"API), admin API https {self.admin_bind}:{self.admin_port} (CA "
+            f"{certificate.ca_cert}), tftp {opts.bind}:{self.tftp.port}{tftp_on}, dhcp {dhcp}",
+            cluster=inv.cluster.name,
         )
 
     async def stop(self) -> None:
@@ -211,6 +214,8 @@ class ProvisioningServer:
             if self.tftp is not None and self.tftp_thread.alive:  # a dead loop runs nothing
                 await self.tftp_thread.run(self.tftp.stop())
             self.tftp_thread.close()
+        if self.admin is not None:
+            await self.admin.cleanup()
         if self.http is not None:
             await self.http.cleanup()
         self.store.close()

@@ -88,6 +88,12 @@ class Token:
     expires_at: float
     used_at: float | None
 
+    @classmethod
+    def from_row(cls, row: Any) -> Token:
+        """From a `tokens` row of either store (both read rows by column name)."""
+        return cls(row["token_hash"], row["hostname"], row["purpose"], row["created_at"],
+                   row["expires_at"], row["used_at"])  # fmt: skip
+
 
 @dataclass
 class ImportResult:
@@ -128,6 +134,12 @@ class UnknownNode(LookupError):
 
 
 class Store(Protocol):
+    @property
+    def shared(self) -> bool:
+        """True when several servers may use this store at once (PostgreSQL): each then
+        reads back what the others wrote (DHCP leases) instead of trusting its memory."""
+        ...
+
     def close(self) -> None: ...
     def schema_version(self) -> int: ...
 
@@ -207,10 +219,21 @@ class Store(Protocol):
         expiry the caller read (another server may have renewed it since). True if deleted."""
         ...
 
+    def secret(self, name: str, candidate: bytes) -> bytes:
+        """The secret stored under `name` (the boot-token signing key): `candidate` is
+        stored if there is none yet, and whatever is stored is returned. Insert-if-absent
+        in one statement, so of several servers starting together on one database the
+        first writer's candidate is the one every server gets."""
+        ...
+
     # agent tokens (stored hashed; claim_token refuses a hash already present)
     def claim_token(self, token: Token) -> bool: ...
     def get_token(self, token_hash: str) -> Token | None: ...
     def revoke_tokens(self, hostname: str, purpose: str | None = None) -> None:
         """Revoke the node's session tokens and credentials (or those of one purpose).
         Spent boot-token hashes stay until they expire, so a replay stays refused."""
+        ...
+
+    def list_tokens(self, purposes: Collection[str]) -> list[Token]:
+        """The tokens of those purposes (hashes and metadata), oldest first."""
         ...

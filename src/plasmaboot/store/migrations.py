@@ -67,6 +67,14 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE nodes ADD COLUMN hardware TEXT;
     ALTER TABLE nodes ADD COLUMN hardware_at REAL;
     """,
+    # 4: secrets every server of the store shares (the boot-token signing key).
+    """
+    CREATE TABLE secrets (
+        name TEXT PRIMARY KEY,
+        value BLOB NOT NULL,
+        created_at REAL NOT NULL
+    );
+    """,
 )
 
 LATEST = len(MIGRATIONS)

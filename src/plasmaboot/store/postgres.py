@@ -11,7 +11,8 @@ memory could not guarantee, the database does:
   commit in id order and a reader paging by `after` never skips one committed late;
 - a lease is an upsert guarded by the holder's client and expiry (base.py's contract):
   the address is the primary key, and of two servers racing for it exactly one writes;
-- tokens live in the database, so a token one server issued is accepted (once) by all.
+- tokens live in the database, so a token one server issued is accepted (once) by all,
+  and so does the key boot tokens are signed with (`secret`, inserted once).
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ def _reason(exc: BaseException, url: str) -> str:
 
 
 class PostgresStore:
+    shared = True  # any number of servers on one database
+
     def __init__(
         self,
         url: str,
@@ -465,7 +468,20 @@ class PostgresStore:
                 )
             return cur.rowcount == 1
 
-    # ---- tokens ----------------------------------------------------------------
+    # ---- secrets and tokens ----------------------------------------------------
+
+    def secret(self, name: str, candidate: bytes) -> bytes:
+        """Insert-if-absent, then read: a racing insert waits for the first one's commit
+        and does nothing, and the read (a new snapshot) sees the first one's value."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO secrets (name, value, created_at) VALUES (%s, %s, %s) "
+                "ON CONFLICT (name) DO NOTHING",
+                (name, candidate, time.time()),
+            )
+            row = conn.execute("SELECT value FROM secrets WHERE name = %s", (name,)).fetchone()
+        assert row is not None
+        return bytes(row["value"])
 
     def claim_token(self, token: Token) -> bool:
         """Insert a token record; False if its hash is already there (a replay), whichever
@@ -490,14 +506,7 @@ class PostgresStore:
             r = conn.execute("SELECT * FROM tokens WHERE token_hash = %s", (token_hash,)).fetchone()
         if r is None:
             return None
-        return Token(
-            r["token_hash"],
-            r["hostname"],
-            r["purpose"],
-            r["created_at"],
-            r["expires_at"],
-            r["used_at"],
-        )
+        return Token.from_row(r)
 
     def revoke_tokens(self, hostname: str, purpose: str | None = None) -> None:
         with self._tx() as conn:
@@ -509,3 +518,15 @@ class PostgresStore:
                 conn.execute(
                     "DELETE FROM tokens WHERE hostname = %s AND purpose = %s", (hostname, purpose)
                 )
+
+    def list_tokens(self, purposes: Collection[str]) -> list[Token]:
+        wanted = sorted(set(purposes))
+        if not wanted:
+            return []
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT * FROM tokens WHERE purpose = ANY(%s) "
+                "ORDER BY created_at, hostname, token_hash",
+                (wanted,),
+            ).fetchall()
+        return [Token.from_row(r) for r in rows]

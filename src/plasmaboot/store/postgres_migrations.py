@@ -74,6 +74,14 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX leases_client ON leases(client_key);
     """,
+    # 2: secrets every server shares (the boot-token signing key), made once.
+    """
+    CREATE TABLE secrets (
+        name TEXT COLLATE "C" PRIMARY KEY,
+        value BYTEA NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL
+    );
+    """,
 )
 
 LATEST = len(MIGRATIONS)

@@ -36,6 +36,8 @@ def _json(value: dict[str, Any] | None) -> str:
 
 
 class SqliteStore:
+    shared = False  # one server per state directory
+
     def __init__(self, path: Path, *, migrate_to: int | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -423,7 +425,16 @@ class SqliteStore:
                 )
             return cur.rowcount == 1
 
-    # ---- tokens ----------------------------------------------------------------
+    # ---- secrets and tokens ----------------------------------------------------
+
+    def secret(self, name: str, candidate: bytes) -> bytes:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO secrets (name, value, created_at) VALUES (?, ?, ?)",
+                (name, candidate, time.time()),
+            )
+            row = conn.execute("SELECT value FROM secrets WHERE name = ?", (name,)).fetchone()
+        return bytes(row["value"])
 
     def claim_token(self, token: Token) -> bool:
         """Insert a token record; False if its hash is already there (a replay)."""
@@ -448,14 +459,7 @@ class SqliteStore:
         ).fetchone()
         if r is None:
             return None
-        return Token(
-            r["token_hash"],
-            r["hostname"],
-            r["purpose"],
-            r["created_at"],
-            r["expires_at"],
-            r["used_at"],
-        )
+        return Token.from_row(r)
 
     def revoke_tokens(self, hostname: str, purpose: str | None = None) -> None:
         with self._tx() as conn:
@@ -467,3 +471,15 @@ class SqliteStore:
                 conn.execute(
                     "DELETE FROM tokens WHERE hostname = ? AND purpose = ?", (hostname, purpose)
                 )
+
+    def list_tokens(self, purposes: Collection[str]) -> list[Token]:
+        wanted = sorted(set(purposes))
+        if not wanted:
+            return []
+        marks = ", ".join("?" * len(wanted))
+        rows = self._conn.execute(
+            f"SELECT * FROM tokens WHERE purpose IN ({marks}) "
+            "ORDER BY created_at, hostname, token_hash",
+            wanted,
+        ).fetchall()
+        return [Token.from_row(r) for r in rows]

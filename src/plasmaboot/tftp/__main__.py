@@ -8,6 +8,7 @@ import contextlib
 import signal
 from pathlib import Path
 
+from plasmaboot import logs
 from plasmaboot.tftp import DEBIAN_IPXE_LINK_ROOTS, DEBIAN_IPXE_ROOT, TftpServer
 
 
@@ -26,7 +27,15 @@ def main() -> None:
         "--link-root", type=Path, action="append", help="symlinks may point in here"
     )
     parser.add_argument("--no-gso", action="store_true", help="one send per packet")
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--log-format", choices=logs.FORMATS, default=None, help="default: json unless a terminal"
+    )
     args = parser.parse_args()
+    try:
+        logs.configure(args.log_level, args.log_format)
+    except ValueError as exc:
+        parser.error(str(exc))
     if not args.root.is_dir():
         parser.error(f"--root: {args.root} is not a directory; pass the TFTP root")
     link_roots = args.link_root

@@ -12,8 +12,7 @@ import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import structlog
-
+from plasmaboot.logs import get_logger
 from plasmaboot.tftp import metrics
 from plasmaboot.tftp.files import (
     FileResolver,
@@ -35,7 +34,7 @@ from plasmaboot.tftp.packets import (
 )
 from plasmaboot.tftp.transfer import Transfer, TransferStats
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 _SEND_BUFFER = 1 << 20
 _IPV4_OVERHEAD = 20 + 8 + 4

@@ -26,8 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-import structlog
-
+from plasmaboot.logs import get_logger
 from plasmaboot.tftp.files import ResponseData
 from plasmaboot.tftp.packets import (
     BadPacket,
@@ -39,7 +38,7 @@ from plasmaboot.tftp.packets import (
     parse_ack_or_error,
 )
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 Outcome = Literal["ok", "aborted", "timeout", "error"]
 

@@ -28,8 +28,10 @@ from plasmaboot.cli_common import (
     out,
     store_location,
 )
+from plasmaboot.inventory.deadlines import deadlines_for
 from plasmaboot.lifecycle import State
-from plasmaboot.provision.deadlines import deadlines_for
+from plasmaboot.pki.authority import CA_CERT
+from plasmaboot.provision.nodefiles import pki_dir
 from plasmaboot.store import EventRecord, Store, StoreError, open_store
 from plasmaboot.watch.fleet import Fleet, NodeRow, default_deadlines
 from plasmaboot.watch.sources import (
@@ -156,8 +158,9 @@ ServerOption = Annotated[
     str | None,
     typer.Option(
         "--server",
-        help="Watch through this server's admin API and event stream (http://HOST:PORT) "
-        f"instead of the local store; the admin token from ${TOKEN_ENV} or --token-file.",
+        help="Watch through this server's admin API and event stream (https://HOST:PORT, "
+        "its admin listener) instead of the local store; the admin token (scope read) from "
+        f"${TOKEN_ENV} or --token-file.",
         show_default=False,
     ),
 ]
@@ -167,6 +170,15 @@ TokenFileOption = Annotated[
         "--token-file",
         help=f"A file (mode 0600) holding the admin token; default: ${TOKEN_ENV}, else "
         f"{DEFAULT_TOKEN_FILE}.",
+        show_default=False,
+    ),
+]
+CaOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca",
+        help="plasmaboot's CA certificate, to verify the admin listener; default: "
+        "STATE_DIR/pki/ca.crt if it exists, else the system's trust store.",
         show_default=False,
     ),
 ]
@@ -182,6 +194,7 @@ def watch_command(
     config: DeadlinesConfig = None,
     server: ServerOption = None,
     token_file: TokenFileOption = None,
+    ca: CaOption = None,
     timeout: TimeoutOption = 3600,
 ) -> None:
     """Watch nodes live until they all rest: exit 0 if every one is active, else 1."""
@@ -190,7 +203,9 @@ def watch_command(
     store: Store | None = None
     try:
         if server:
-            source: Source = RemoteSource(server, admin_token(token_file))
+            if ca is None and (pki_dir(state_dir) / CA_CERT).exists():
+                ca = pki_dir(state_dir) / CA_CERT
+            source: Source = RemoteSource(server, admin_token(token_file), ca)
         else:
             store = open_store(store_location(store_at, state_dir))
             source = LocalSource(store)

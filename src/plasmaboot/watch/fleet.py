@@ -13,9 +13,10 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from plasmaboot.inventory.deadlines import DEFAULT_DEADLINES_S, INSTALL_MARGIN_S
 from plasmaboot.inventory.models import Installer
 from plasmaboot.lifecycle import FAILED_STATES, STABLE_STATES, State
-from plasmaboot.provision.deadlines import DEFAULT_DEADLINES_S, INSTALL_MARGIN_S, OVERDUE_EVENT
+from plasmaboot.provision.deadlines import OVERDUE_EVENT
 from plasmaboot.store import EventRecord
 
 # `node provision` records this and power-cycles the machine: an enrolled node with it as

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import ssl
 import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -100,8 +101,9 @@ def admin_token(token_file: Path | None) -> str:
         mode = stat.S_IMODE(path.stat().st_mode)
     except FileNotFoundError:
         raise WatchError(
-            f"no admin token: set {TOKEN_ENV}, or copy the server's admin.token (in its "
-            f"state directory) to {path} with mode 0600, or pass --token-file"
+            f"no admin token: make one on the server with `plasmaboot admin token create "
+            f"--scope read --name NAME`, then set {TOKEN_ENV}, or save it to {path} with "
+            "mode 0600, or pass --token-file"
         ) from None
     if mode & 0o077:
         raise WatchError(
@@ -154,20 +156,43 @@ async def sse_events(content: aiohttp.StreamReader) -> AsyncIterator[tuple[str, 
                 data.append(value)
 
 
+def trust(ca: Path | None) -> ssl.SSLContext:
+    """TLS verification for the admin listener: plasmaboot's CA (`--ca`), else the
+    system's trust store."""
+    try:
+        return ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise WatchError(f"cannot read the CA certificate {ca}: {exc}") from None
+
+
 class RemoteSource:
     """A server's admin API: the nodes and their recent events, then the event stream."""
 
-    def __init__(self, server: str, token: str) -> None:
+    def __init__(self, server: str, token: str, ca: Path | None = None) -> None:
         self.base = server.rstrip("/")
         self.headers = {"Authorization": f"Bearer {token}"}
+        self.ssl = trust(ca)
+
+    async def _refused(self, response: aiohttp.ClientResponse) -> WatchError:
+        try:
+            reason = str((await response.json())["error"])
+        except (aiohttp.ContentTypeError, json.JSONDecodeError, KeyError, TypeError):
+            reason = "no reason given"
+        return WatchError(
+            f"{self.base} refused the admin token (HTTP {response.status}: {reason}); "
+            f"check {TOKEN_ENV} or the token file"
+        )
 
     async def _get(self, http: aiohttp.ClientSession, path: str) -> Any:
         try:
-            async with http.get(self.base + path, headers=self.headers) as response:
+            async with http.get(self.base + path, headers=self.headers, ssl=self.ssl) as response:
                 if response.status in (401, 403):
+                    raise await self._refused(response)
+                if response.status == 404 and path.startswith("/api/v1/"):
                     raise WatchError(
-                        f"{self.base} refused the admin token (HTTP {response.status}); "
-                        f"check {TOKEN_ENV} or the token file"
+                        f"{self.base}{path}: HTTP 404: is this the server's admin listener? "
+                        "The boot port does not serve the admin API; use "
+                        "https://ADDRESS:PORT of server.admin (default 127.0.0.1:8443)"
                     )
                 if response.status != 200:
                     raise WatchError(
@@ -208,13 +233,10 @@ class RemoteSource:
                 headers = {**self.headers, "Last-Event-ID": str(after)}
                 try:
                     async with http.get(
-                        f"{self.base}/api/v1/events/stream{query}", headers=headers
+                        f"{self.base}/api/v1/events/stream{query}", headers=headers, ssl=self.ssl
                     ) as response:
                         if response.status in (401, 403):
-                            raise WatchError(
-                                f"{self.base} refused the admin token (HTTP "
-                                f"{response.status}); check {TOKEN_ENV} or the token file"
-                            )
+                            raise await self._refused(response)
                         if response.status == 200:
                             async for ident, data in sse_events(response.content):
                                 event = _event(json.loads(data))

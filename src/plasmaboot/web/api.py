@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from plasmaboot import logs
 from plasmaboot.inventory import normalize_mac
 from plasmaboot.lifecycle import Event, IllegalTransition, allowed_events
 from plasmaboot.provision.tokens import BOOT_TOKEN_REFUSED, TokenRefused
@@ -145,10 +146,12 @@ async def agent_lookup(request: web.Request) -> web.Response:
     except ValueError as exc:
         BOOT_TOKEN_REFUSED.labels("lookup", "bad-mac").inc()
         raise error(400, str(exc), field="mac") from None
+    logs.bind_context(mac=mac)  # undone with the request's context (web/app.py)
     record = provisioner.store.node_by_mac(mac)
     if record is None:
         BOOT_TOKEN_REFUSED.labels("lookup", "unknown-mac").inc()
         raise error(404, f"no node has MAC {mac}")
+    logs.bind_context(node=record.hostname)
     token = bearer(request) or ""
     try:
         session = provisioner.tokens.exchange(token, record)
@@ -179,6 +182,7 @@ async def agent_report(request: web.Request) -> web.Response:
         token = provisioner.tokens.verify_session(bearer(request) or "")
     except TokenRefused as exc:
         raise error(exc.status, exc.reason) from None
+    logs.bind_context(node=token.hostname)
     claimed = body.detail.get("node")
     if claimed is not None and claimed != token.hostname:
         raise error(403, "this token belongs to another node")

@@ -1,13 +1,14 @@
-"""The HTTP application: one route table that drives routing, auth and the OpenAPI doc.
+"""The HTTP applications: one route table that drives routing, auth and the OpenAPI doc.
 
 Because auth is declared per route in `ROUTES` and enforced by one wrapper, a new admin
 route cannot forget its check, and the tests generate their 401/403 cases from the same
-table.
+table. The table also says which listener serves a route: the boot port (firmware, the
+installer and first-boot agents) or the admin listener (TLS, scoped tokens); `serve`
+builds one application per listener, so an admin route is a 404 on the boot port.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -18,24 +19,39 @@ from aiohttp import web
 from prometheus_client import REGISTRY, Counter, Histogram
 from pydantic import BaseModel
 
+from plasmaboot import logs
 from plasmaboot.boot import paths
 from plasmaboot.provision import Provisioner
-from plasmaboot.provision.tokens import constant_time_equal
+from plasmaboot.provision.admin_tokens import AdminTokens, Scope
+from plasmaboot.provision.tokens import TokenRefused
 from plasmaboot.web import api, boot, events, observe
 
-log = logging.getLogger("plasmaboot.http")
+log = logs.get_logger("plasmaboot.http")
 
 FIRMWARE_AGENTS = ("iPXE/", "UefiHttpBoot/")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Auth = Literal["public", "agent", "admin"]
+# public: no credential; agent: a boot or session token (checked by the handler);
+# read / write: an admin token of that scope (a write token may also read).
+Auth = Literal["public", "agent", "read", "write"]
+Listener = Literal["boot", "admin"]
+ADMIN_AUTH = ("read", "write")
+# Served on both listeners: probes and scrapers on either side, and each listener's own
+# OpenAPI document.
+SHARED_PATHS = frozenset({"/health", "/metrics", "/api/openapi.json"})
 
-ADMIN_TOKEN = web.AppKey("admin_token", str)
+ADMIN_TOKENS = web.AppKey("admin_tokens", AdminTokens)
+LISTENER: web.AppKey[Listener | None] = web.AppKey("listener")
 ReloadInventory = Callable[[], list[str]]
 RELOAD: web.AppKey[ReloadInventory] = web.AppKey("reload")
 
 HTTP_REQUESTS = Counter(
     "plasmaboot_http_requests_total", "HTTP requests", ["route", "method", "status"]
+)
+ADMIN_REFUSED = Counter(
+    "plasmaboot_admin_auth_refused_total",
+    "Admin API requests refused for their token (missing, unknown, expired, scope)",
+    ["reason"],
 )
 HTTP_SECONDS = Histogram(
     "plasmaboot_http_request_seconds",
@@ -59,6 +75,12 @@ class Route:
     def mutating(self) -> bool:
         return self.method in {"POST", "PUT", "PATCH", "DELETE"}
 
+    @property
+    def listeners(self) -> tuple[Listener, ...]:
+        if self.path in SHARED_PATHS:
+            return ("boot", "admin")
+        return ("admin",) if self.auth in ADMIN_AUTH else ("boot",)
+
 
 async def reload_inventory(request: web.Request) -> web.Response:
     problems = request.app[RELOAD]()
@@ -70,7 +92,7 @@ async def reload_inventory(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document())
+    return web.json_response(openapi_document(request.app[LISTENER]))
 
 
 ROUTES: tuple[Route, ...] = (
@@ -133,20 +155,20 @@ ROUTES: tuple[Route, ...] = (
         "Report an installer or first-boot stage (a lifecycle event)",
         api.ReportRequest,
     ),
-    Route("GET", "/api/v1/nodes", api.list_nodes, "admin", "All nodes"),
-    Route("GET", "/api/v1/nodes/{hostname}", api.get_node, "admin", "One node"),
+    Route("GET", "/api/v1/nodes", api.list_nodes, "read", "All nodes"),
+    Route("GET", "/api/v1/nodes/{hostname}", api.get_node, "read", "One node"),
     Route(
         "GET",
         "/api/v1/nodes/{hostname}/events",
         api.node_events,
-        "admin",
+        "read",
         "A node's lifecycle events",
     ),
     Route(
         "POST",
         "/api/v1/nodes/{hostname}/actions",
         api.node_action,
-        "admin",
+        "write",
         "Apply an operator event (drain, reprovision, decommission, ...)",
         api.ActionRequest,
     ),
@@ -154,14 +176,14 @@ ROUTES: tuple[Route, ...] = (
         "GET",
         "/api/v1/events",
         api.recent_events,
-        "admin",
+        "read",
         "Events after an id (?after=&node=&limit=)",
     ),
     Route(
         "GET",
         "/api/v1/events/stream",
         events.event_stream,
-        "admin",
+        "read",
         "Server-sent events of every stored event, live; resumable with Last-Event-ID "
         "(?node=&state=, repeatable; ?after=)",
         content="text/event-stream",
@@ -170,7 +192,7 @@ ROUTES: tuple[Route, ...] = (
         "POST",
         "/api/v1/inventory/reload",
         reload_inventory,
-        "admin",
+        "write",
         "Reload the inventory file; an invalid one is refused and the running one kept",
     ),
 )
@@ -182,15 +204,23 @@ def _guarded(route: Route) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         status = 500
+        # Every line logged while answering names what the request concerns; a handler
+        # that learns more (the node behind a token) binds it, and this reset undoes it.
+        context = logs.bind_context(**_concerns(request))
         try:
             if route.auth != "public":
                 token = api.bearer(request)
                 if token is None:
+                    if route.auth in ADMIN_AUTH:
+                        ADMIN_REFUSED.labels("missing").inc()
                     raise api.error(401, "missing Authorization: Bearer token")
-                if route.auth == "admin" and not constant_time_equal(
-                    token, request.app[ADMIN_TOKEN]
-                ):
-                    raise api.error(403, "not the admin token")
+                if route.auth in ADMIN_AUTH:
+                    try:
+                        request.app[ADMIN_TOKENS].verify(token, Scope(route.auth))
+                    except TokenRefused as exc:
+                        ADMIN_REFUSED.labels(exc.code).inc()
+                        extra = {"scope": route.auth} if exc.status == 403 else {}
+                        raise api.error(exc.status, exc.reason, **extra) from None
             response = await route.handler(request)
             status = response.status
             if request.headers.get("User-Agent", "").startswith(FIRMWARE_AGENTS):
@@ -208,26 +238,49 @@ def _guarded(route: Route) -> Handler:
             if route.path.startswith(
                 paths.BOOT_ROOT + "/"
             ):  # the boot path an operator follows in the log
-                log.info(
-                    "http %s %s %s from %s", request.method, request.path, status, request.remote
-                )
+                log.info("http request", method=request.method, path=request.path, status=status)
+            logs.reset_context(context)
 
     return handler
 
 
+def _concerns(request: web.Request) -> dict[str, str]:
+    """The client, and the node or MAC named in the path, for the request's log lines."""
+    fields = {"remote": request.remote or "?"}
+    if "hostname" in request.match_info:
+        fields["node"] = request.match_info["hostname"]
+    if "mac" in request.match_info:
+        fields["mac"] = request.match_info["mac"]
+    return fields
+
+
 def build_app(
-    provisioner: Provisioner, admin_token: str, reload: Callable[[], list[str]]
+    provisioner: Provisioner,
+    static_admin_token: str | None,
+    reload: Callable[[], list[str]],
+    listener: Listener | None = None,
 ) -> web.Application:
+    """The routes of one listener (`serve` runs one application per listener), or of
+    both (`listener=None`: one plain-HTTP application, as the in-process tests use).
+
+    Admin tokens are the store's (provision/admin_tokens.py); `static_admin_token` is the
+    deprecated static token, accepted as a write token while it is given."""
     app = web.Application(client_max_size=1 << 20)
     app[boot.PROVISIONER] = provisioner
-    app[ADMIN_TOKEN] = admin_token
+    app[ADMIN_TOKENS] = AdminTokens.with_static(provisioner.store, static_admin_token)
     app[RELOAD] = reload
+    app[LISTENER] = listener
     for route in ROUTES:
+        if listener is not None and listener not in route.listeners:
+            continue
         if route.method == "GET":  # UEFI HTTP Boot sends HEAD before GET
             app.router.add_get(route.path, _guarded(route), allow_head=True)
         else:
             app.router.add_route(route.method, route.path, _guarded(route))
-    events.install(app, provisioner)
+    if listener != "boot":
+        events.install(app, provisioner)
+    if listener == "admin":
+        return app  # the boot application registers the node gauges, once per process
     collector = observe.LifecycleCollector(provisioner)
 
     async def register(_: web.Application) -> Any:
@@ -244,9 +297,12 @@ def openapi_path(path: str) -> str:
     return re.sub(r"\{(\w+):[^}]*\}", r"{\1}", path)
 
 
-def openapi_document() -> dict[str, Any]:
+def openapi_document(listener: Listener | None = None) -> dict[str, Any]:
+    """The OpenAPI document of one listener's routes (None: every route)."""
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
+        if listener is not None and listener not in route.listeners:
+            continue
         operation: dict[str, Any] = {
             "summary": route.summary,
             "operationId": f"{route.method.lower()}_{route.handler.__name__}",
@@ -263,6 +319,10 @@ def openapi_document() -> dict[str, Any]:
             operation["security"] = [{"bearer": []}]
             operation["responses"]["401"] = {"description": "Missing or unknown token"}
             operation["responses"]["403"] = {"description": "Token not valid for this"}
+        if route.auth in ADMIN_AUTH:
+            operation["description"] = f"Admin token of scope {route.auth}" + (
+                " (a write token may also read)" if route.auth == "read" else ""
+            )
         if route.body is not None:
             operation["requestBody"] = {
                 "required": True,

@@ -13,19 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import re
 from pathlib import Path
 
 from aiohttp import web
 
+from plasmaboot import logs
 from plasmaboot.inventory import normalize_mac
 from plasmaboot.provision import Provisioner
 from plasmaboot.provision.discovery import DiscoveryRefused
 from plasmaboot.provision.tokens import BOOT_TOKEN_REFUSED
 from plasmaboot.web import scripts
 
-log = logging.getLogger("plasmaboot.http")
+log = logs.get_logger("plasmaboot.http")
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _digests: dict[tuple[str, int, int], str] = {}
@@ -51,16 +51,17 @@ async def node_script(request: web.Request) -> web.Response:
     try:
         if record is None:
             record = provisioner.discover_from(mac, request.remote)
+        logs.bind_context(mac=mac, node=record.hostname)  # web/app.py resets it
         spec = provisioner.spec_of(record)
         return _ipxe(scripts.node_script(provisioner, record, spec, request.remote))
     except DiscoveryRefused as exc:
-        log.warning("http: %s not recorded as discovered: %s", mac, exc.reason)
+        log.warning("http: unknown machine not recorded as discovered", mac=mac, reason=exc.reason)
         raise web.HTTPTooManyRequests(
             text=f"plasmaboot: {exc.reason}\n", headers={"Retry-After": str(exc.retry_after)}
         ) from None
     except scripts.ScriptRefused as exc:
         BOOT_TOKEN_REFUSED.labels("script", exc.code).inc()
-        log.warning("http: no boot token for %s from %s: %s", mac, request.remote, exc.reason)
+        log.warning("http: no boot token for the node", mac=mac, reason=exc.reason)
         refused = web.HTTPForbidden if exc.status == 403 else web.HTTPConflict
         raise refused(text=f"plasmaboot: {exc.reason}\n") from None
 

@@ -28,7 +28,6 @@ import asyncio
 import bisect
 import contextlib
 import json
-import logging
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 
@@ -36,11 +35,12 @@ from aiohttp import web
 from prometheus_client import Gauge
 
 from plasmaboot.lifecycle import State
+from plasmaboot.logs import get_logger
 from plasmaboot.provision import Provisioner
 from plasmaboot.store import EventRecord, Store
 from plasmaboot.web.api import error
 
-log = logging.getLogger("plasmaboot.http")
+log = get_logger("plasmaboot.http")
 
 POLL_S = 0.5  # how stale another server's event may be on this server's stream
 HEARTBEAT_S = 15.0  # a comment line, so proxies keep an idle stream open
@@ -279,7 +279,7 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
         async for text in _messages(request, feed, position, wanted):
             await asyncio.wait_for(response.write(text.encode()), WRITE_TIMEOUT_S)
     except TimeoutError:
-        log.info("event stream to %s: client not reading; closed", request.remote)
+        log.info("event stream: client not reading; closed", remote=request.remote)
         if request.transport is not None:
             request.transport.abort()
     except ConnectionResetError:

@@ -1,0 +1,111 @@
+"""The admin listener's TLS: a server certificate from plasmaboot's own CA, and the
+deprecated static admin token.
+
+On start, `serve` makes the CA in `<state-dir>/pki` if there is none (as the first
+install would), and issues `plasmaboot.admin.crt` for the admin listener when it is
+missing, near expiry, or its SANs differ from what the configuration asks: the listen
+address (a wildcard: every name and address a client may use: the host's names,
+`localhost`, loopback and the provisioning address) plus `server.admin.names`. Clients
+trust `<state-dir>/pki/ca.crt` (`plasmaboot watch --ca`, `curl --cacert`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import ipaddress
+import os
+import socket
+import ssl
+from pathlib import Path
+
+from plasmaboot import logs
+from plasmaboot.inventory import Inventory
+from plasmaboot.pki.authority import (
+    CA_CERT,
+    NodeCertPaths,
+    cert_info,
+    init_ca,
+    issue_server_cert,
+)
+from plasmaboot.provision.nodefiles import REISSUE_DAYS, pki_dir
+
+log = logs.get_logger("plasmaboot.serve")
+
+CERT_NAME = "plasmaboot.admin"  # has a dot: no node's short host name can take its files
+STATIC_TOKEN_ENV = "PLASMABOOT_ADMIN_TOKEN"
+STATIC_TOKEN_FILE = "admin.token"
+
+
+def admin_sans(inv: Inventory, address: str) -> tuple[list[str], list[str]]:
+    """(DNS names, IP addresses) the admin certificate carries for this listen address."""
+    ip = ipaddress.ip_address(address)
+    dns = list(inv.server.admin.names)
+    ips = [] if ip.is_unspecified else [str(ip)]
+    if ip.is_unspecified or ip.is_loopback:
+        dns.append("localhost")
+        ips += ["127.0.0.1", "::1"]
+    if ip.is_unspecified:
+        ips.append(str(inv.server.provisioning_ip))
+        for name in (socket.gethostname(), socket.getfqdn()):
+            if name and name != "localhost":
+                dns.append(name)
+    if not dns:  # a specific address and no names: the host's name, for the CN
+        dns.append(socket.gethostname() or "plasmaboot")
+    return list(dict.fromkeys(dns)), list(dict.fromkeys(ips))
+
+
+def ensure_admin_certificate(state_dir: Path, inv: Inventory, address: str) -> NodeCertPaths:
+    """The admin listener's certificate, (re)issued from plasmaboot's CA when needed
+    (under a lock: servers sharing a state directory never pair one's key with another's
+    certificate)."""
+    pki = pki_dir(state_dir)
+    pki.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with (pki / f".{CERT_NAME}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _ensure(pki, inv, address)
+
+
+def _ensure(pki: Path, inv: Inventory, address: str) -> NodeCertPaths:
+    if not (pki / CA_CERT).exists():
+        init_ca(pki, inv.cluster.name)
+    paths = NodeCertPaths(pki / f"{CERT_NAME}.crt", pki / f"{CERT_NAME}.key", pki / CA_CERT)
+    dns, ips = admin_sans(inv, address)
+    if paths.cert.exists() and paths.key.exists():
+        info = cert_info(paths.cert)
+        fresh = info.days_left(dt.datetime.now(dt.UTC)) > REISSUE_DAYS
+        wanted_ips = {str(ipaddress.ip_address(i)) for i in ips}
+        if fresh and set(info.dns_names) == set(dns) and set(info.ip_addresses) == wanted_ips:
+            return paths
+    log.info("admin API certificate issued", ca=str(pki / CA_CERT), sans=dns + ips)
+    return issue_server_cert(pki, CERT_NAME, dns, ips)
+
+
+def server_context(paths: NodeCertPaths) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(paths.cert, paths.key)
+    return context
+
+
+def static_admin_token(state_dir: Path) -> str | None:
+    """The deprecated static admin token: `$PLASMABOOT_ADMIN_TOKEN`, else the file
+    `admin.token` an earlier version made in the state directory; None if neither.
+    Nothing is created any more: scoped tokens come from `plasmaboot admin token create`."""
+    if token := os.environ.get(STATIC_TOKEN_ENV, "").strip():
+        where = f"${STATIC_TOKEN_ENV}"
+    else:
+        path = state_dir / STATIC_TOKEN_FILE
+        try:
+            token = path.read_text().strip()
+        except FileNotFoundError:
+            return None
+        where = str(path)
+        if not token:
+            return None
+    log.warning(
+        "the static admin token is deprecated; it is accepted as a write token named "
+        "'static' until removed: create scoped tokens with `plasmaboot admin token create`",
+        source=where,
+    )
+    return token

@@ -140,3 +140,12 @@ def test_build_keys_change_with_inputs_and_only_then(tmp_path: Path) -> None:
     assert inputs_hash("installer", ["python3", "zstd"], files=[source]) != first
     source.write_text("echo two\n")
     assert inputs_hash("installer", ["python3"], files=[source]) != first
+
+
+def test_image_keys_do_not_depend_on_where_the_checkout_lives() -> None:
+    """A work tree and CI's clone of one commit must share the cached lab images."""
+    from plasmaboot.lab import debian
+
+    assert debian._input_name(Path(debian.__file__)) == "plasmaboot/lab/debian.py"
+    outside = Path("/etc/hostname")
+    assert debian._input_name(outside) == "/etc/hostname"

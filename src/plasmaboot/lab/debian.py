@@ -21,6 +21,7 @@ from pathlib import Path
 from plasmaboot.lab.image import LabImageError
 
 SUITE = "bookworm"
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the plasmaboot package directory
 MMDEBSTRAP_PACKAGE = "mmdebstrap"
 # Sets merged-/usr up itself and installs usr-is-merged, so apt does not pick `usrmerge`
 # (init-system-helpers' first alternative), which would pull in all of perl.
@@ -84,12 +85,25 @@ def _has_entries(path: Path) -> bool:
 
 
 def inputs_hash(*parts: object, files: Iterable[Path] = ()) -> str:
-    """A key for a build: its recipe (JSON-able parts) and the bytes of its input files."""
+    """A key for a build: its recipe (JSON-able parts) and the bytes of its input files.
+
+    plasmaboot's own files are named relative to the package, so two checkouts of one
+    commit (a work tree and CI's clone) share the cached images instead of rebuilding
+    (and evicting) each other's."""
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
     for path in sorted(files):
-        digest.update(str(path).encode() + b"\0")
+        digest.update(_input_name(path).encode() + b"\0")
         digest.update(path.read_bytes() if path.is_file() else b"<missing>")
     return digest.hexdigest()[:16]
+
+
+def _input_name(path: Path) -> str:
+    resolved = path.resolve()
+    return (
+        str(resolved.relative_to(PACKAGE_ROOT.parent))
+        if resolved.is_relative_to(PACKAGE_ROOT.parent)
+        else str(path)
+    )
 
 
 def tree_files(

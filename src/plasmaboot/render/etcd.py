@@ -130,18 +130,26 @@ def debian_env_file(inv: Inventory, node: Node) -> str:
 
 
 def debian_drop_in(node: Node) -> str:
-    """etcd.service.d/plasmaboot.conf: the TLS files as credentials; a joiner waits for the
-    agent's env file."""
-    lines = [f"# {HEADER}"]
+    """etcd.service.d/plasmaboot.conf: the TLS files as credentials; etcd listens on the
+    node's address, so it starts once the network is online (Debian's unit orders it only
+    after network.target: at a reboot it raced DHCP and failed to bind), and is restarted
+    after a failure; a joiner waits for the agent's env file."""
+    lines = [
+        f"# {HEADER}",
+        "[Unit]",
+        "Wants=network-online.target",
+        "After=network-online.target",
+    ]
     if not node.bootstrap:
         lines += [
-            "[Unit]",
             "# A joining member may start only once first boot has added it.",
             f"ConditionPathExists={JOIN_ENV}",
-            "",
         ]
     lines += [
+        "",
         "[Service]",
+        "Restart=on-failure",
+        "RestartSec=5s",
         "# etcd runs as user etcd; the node key is root's (0600).",
         *(f"LoadCredential={name}:{source}" for name, source in credentials(node)),
     ]

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from plasmaboot.boot import paths
 from plasmaboot.lab.installer_image import build_installer_image, lab_ssh_key
 from plasmaboot.lab.os_image import build_os_image
 from plasmaboot.lab.runner import Lab
@@ -33,6 +36,9 @@ CHAIN = ROOT / "examples/lab/cluster.yaml"
 IMAGE_CACHE = Path.home() / ".cache" / "plasmaboot" / "lab-image"
 NAMES = ["node01", "node02", "node03", "node04"]
 CHAIN_TIMEOUT_S = 1500
+REBOOT_TIMEOUT_S = 600
+MARKERS = "/var/lib/first-boot-automation"
+ANSI = re.compile(r"\x1b\[[0-9;=?]*[A-Za-z]")
 
 pytestmark = [
     pytest.mark.e2e,
@@ -127,6 +133,7 @@ def test_four_machines_install_boot_from_disk_and_form_a_cluster(tmp_path: Path)
             assert f'"{name}"' in text, (name, report)
 
         host_sees_the_cluster(lab, tmp_path)
+        node04_reboots_from_its_disk(lab)
     finally:
         lab.down()
         assert not lab.network.exists()
@@ -155,3 +162,54 @@ def host_sees_the_cluster(lab: Lab, tmp_path: Path) -> None:
     assert all(m["healthy"] for m in members), members
     assert sum(1 for m in members if m["is_leader"]) == 1, members
     assert not any(m["is_learner"] for m in members), "node04 was promoted to a voter"
+
+
+def image_fetches(lab: Lab) -> float:
+    """serve's own count of kernels and initrds it handed out."""
+    argv = ["curl", "-sf", "-m", "10", f"{lab.http_base}/metrics"]
+    text = subprocess.run(lab.network.exec_argv(*argv), capture_output=True, text=True,
+                          timeout=30, check=True).stdout  # fmt: skip
+    route = f'route="{paths.IMAGE_ROUTE}"'
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("plasmaboot_http_requests_total{") and route in line)  # fmt: skip
+
+
+def node04_reboots_from_its_disk(lab: Lab) -> None:
+    """A reboot of an active node: no kernel or initrd fetched, the join skipped by its
+    marker, etcd back, still active, nothing reinstalled.
+
+    The console shows the next kernel starting; whether the boot finished is asked over
+    SSH (`systemctl is-system-running --wait`): systemd stops printing its status lines on
+    the serial console once the getty there has started, so "Reached target
+    multi-user.target" may never appear on it.
+    """
+    node04 = lab.inventory.node("node04")
+    assert node04 is not None
+    ip = str(node04.provisioning_ip)
+    fetched = image_fetches(lab)
+    events_before = len(lab.event_records("node04"))
+    console = lab.vm_spec("node04").console_log
+    mark = console.stat().st_size
+    ssh(lab, ip, "systemctl reboot")  # the connection may drop before it answers
+    deadline = time.monotonic() + REBOOT_TIMEOUT_S
+    tail = ""
+    while "Linux version" not in tail:  # the kernel of the next boot
+        if time.monotonic() > deadline:
+            pytest.fail(f"node04 did not boot again in {REBOOT_TIMEOUT_S} s:\n{tail[-3000:]}")
+        time.sleep(2)
+        tail = ANSI.sub("", console.read_bytes()[mark:].decode(errors="replace"))
+    state = ""
+    while state != "running":
+        if time.monotonic() > deadline:
+            pytest.fail(f"node04's boot did not finish in {REBOOT_TIMEOUT_S} s: {state!r}")
+        done = ssh(lab, ip, "timeout 60 systemctl is-system-running --wait")
+        state = done.stdout.strip()
+        assert state not in ("degraded", "maintenance"), ssh(lab, ip, "systemctl --failed").stdout
+    checks = ssh(lab, ip, "systemctl is-active etcd.service; "
+                 "systemctl show -p ConditionResult chainfire-cluster-join.service; "
+                 f"test -e {MARKERS}/.chainfire-joined && echo marker")  # fmt: skip
+    assert checks.stdout.split() == ["active", "ConditionResult=no", "marker"], checks
+    assert image_fetches(lab) == fetched, "a reboot of an active node fetched a kernel or initrd"
+    after = lab.event_records("node04")[events_before:]
+    assert [e.event for e in after if e.to_state != e.from_state] == [], after
+    assert next(n for n in lab.nodes() if n.hostname == "node04").state is State.ACTIVE

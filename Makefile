@@ -7,8 +7,9 @@ DEB_PACKAGES := isc-dhcp-server isc-dhcp-client isc-dhcp-relay udhcpc dhcpcd5 dn
 	tftpd-hpa tftp-hpa atftp curl nginx bind9 bind9-utils nftables iptables \
 	kea-dhcp4-server kea-admin etcd-server etcd-client openipmi ipmitool nix-bin \
 	ipxe ipxe-qemu ovmf qemu-system-x86 qemu-utils busybox-static iproute2 openssl postgresql \
-	linux-image-cloud-amd64 cpio openssh-server openssh-client wrk \
-	mmdebstrap syslinux syslinux-common mtools dosfstools zstd e2fsprogs fdisk kmod
+	linux-image-cloud-amd64 cpio openssh-server openssh-client wrk strace \
+	mmdebstrap syslinux syslinux-common mtools dosfstools zstd e2fsprogs fdisk kmod \
+	chromium chromium-driver
 STAMP := $(VENV)/.installed
 
 .PHONY: deps venv test unit lint lab demo clean

@@ -29,6 +29,7 @@ python3Packages.buildPythonApplication {
     aiohttp
     cryptography
     httpx
+    jinja2
     jsonschema
     prometheus-client
     psycopg
@@ -37,6 +38,7 @@ python3Packages.buildPythonApplication {
     pyghmi
     pyyaml
     rich
+    ruamel-yaml
     structlog
     typer
   ];

@@ -1,5 +1,9 @@
 """DORA throughput and latency: plasmaboot vs kea-dhcp4 (memfile) vs dnsmasq, one run, side by side.
 
+`plasmaboot` is the server as shipped (SQLite synchronous=FULL: every lease commit fsyncs
+before its ACK); `plasmaboot-normal` is the same server with synchronous=NORMAL, the
+setting before leases were made durable against power loss, to show what the fsync costs.
+
 perfdhcp (Debian kea-admin) runs in its own network namespace and talks to each server over a
 veth pair as a relay agent would (from its address, port 67, giaddr set). For every server
 and every round, offered rates climb a ladder until more than 1% of exchanges fail; the best
@@ -91,6 +95,16 @@ def plasmaboot_cmd(work: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def plasmaboot_normal_cmd(work: Path) -> list[str]:
+    """The same server with SQLite synchronous=NORMAL (no fsync per commit)."""
+    argv = plasmaboot_cmd(work)
+    run_with_normal = (
+        "import sys, runpy, plasmaboot.store.sqlite as s; s.SYNCHRONOUS = 'NORMAL'; "
+        "sys.argv[0] = 'plasmaboot.dhcp'; runpy.run_module('plasmaboot.dhcp', run_name='__main__')"
+    )
+    return [argv[0], "-c", run_with_normal, *argv[3:]]
+
+
 def kea_cmd(work: Path) -> list[str]:
     config = {
         "Dhcp4": {
@@ -125,6 +139,7 @@ def dnsmasq_cmd(work: Path) -> list[str]:
 
 SERVERS: dict[str, Callable[[Path], list[str]]] = {
     "plasmaboot": plasmaboot_cmd,
+    "plasmaboot-normal": plasmaboot_normal_cmd,
     "kea": kea_cmd,
     "dnsmasq": dnsmasq_cmd,
 }
@@ -197,7 +212,7 @@ def measure(name: str, seconds: int) -> Step:
         for offered in LADDER:
             step = perfdhcp(offered, seconds)
             print(
-                f"  {name:10s} offered {offered:6d}/s -> {step.rate:8.0f} DORA/s, "
+                f"  {name:17s} offered {offered:6d}/s -> {step.rate:8.0f} DORA/s, "
                 f"drops {step.drops:6.2%}, offer p50/p99 {step.offer_p50_ms:.2f}/"
                 f"{step.offer_p99_ms:.2f} ms, ack p50/p99 {step.ack_p50_ms:.2f}/"
                 f"{step.ack_p99_ms:.2f} ms",
@@ -246,6 +261,10 @@ def main() -> None:
             f"| {name} | {m.rate:.0f} | {' | '.join(ratios)} | {m.offer_p50_ms:.2f} / "
             f"{m.offer_p99_ms:.2f} | {m.ack_p50_ms:.2f} / {m.ack_p99_ms:.2f} |"
         )
+    durable, normal = medians.get("plasmaboot"), medians.get("plasmaboot-normal")
+    if durable and normal and normal.rate:
+        print(f"\nfsync per commit: plasmaboot at {durable.rate / normal.rate:.2f}x of NORMAL")
+    print("per round:", {name: [round(s.rate) for s in steps] for name, steps in results.items()})
 
 
 if __name__ == "__main__":

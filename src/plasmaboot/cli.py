@@ -17,10 +17,13 @@ from rich.text import Text
 from plasmaboot import logs
 from plasmaboot.cli_common import (
     DEFAULT_STATE_DIR,
+    CaOption,
     ConfigOption,
     JsonOption,
+    ServerOption,
     StateDirOption,
     StoreOption,
+    TokenFileOption,
     err,
     load_or_exit,
     out,
@@ -30,10 +33,13 @@ from plasmaboot.cluster.cli import app as cluster_app
 from plasmaboot.firstboot.cli import firstboot_command
 from plasmaboot.lab.cli import app as lab_app
 from plasmaboot.operations import cli as operations_cli
+from plasmaboot.operations.cli import operator
+from plasmaboot.operations.client import OperatorClient
+from plasmaboot.operations.day2_cli import DAY2_COMMANDS
 from plasmaboot.pki.cli import app as pki_app
 from plasmaboot.render.cli import render_command
 from plasmaboot.serve.cli import app as admin_app
-from plasmaboot.store import NodeRecord, Store, StoreError, open_store
+from plasmaboot.store import NodeRecord, Store, StoreError, UnknownNode, open_store
 from plasmaboot.watch.cli import watch_command
 
 app = typer.Typer(no_args_is_help=True, help="Bare-metal provisioning for PlasmaCloud clusters.")
@@ -49,7 +55,7 @@ app.command("render")(render_command)
 app.command("firstboot")(firstboot_command)
 app.command("rollout")(operations_cli.rollout)
 app.command("watch")(watch_command)
-for _command in operations_cli.NODE_COMMANDS:
+for _command in (*operations_cli.NODE_COMMANDS, *DAY2_COMMANDS):
     node_app.command(_command.__name__)(_command)
 
 
@@ -115,13 +121,13 @@ def node_list(
     state_dir: StateDirOption = DEFAULT_STATE_DIR,
     store_at: StoreOption = None,
     as_json: JsonOption = False,
+    server: ServerOption = None,
+    token_file: TokenFileOption = None,
+    ca: CaOption = None,
 ) -> None:
     """Every node with its lifecycle state."""
-    store = _store(state_dir, store_at)
-    try:
-        nodes = store.list_nodes()
-    finally:
-        store.close()
+    with operator(state_dir, store_at, server, token_file, ca, needs_inventory=False) as client:
+        nodes = client.list_nodes()
     if as_json:
         print(json.dumps([n.as_json() for n in nodes], indent=2))
         return
@@ -140,13 +146,12 @@ def node_list(
     out.print(table)
 
 
-def _get_node_or_exit(store: Store, hostname: str) -> NodeRecord:
-    node = store.get_node(hostname)
-    if node is None:
-        store.close()
+def _node_or_exit(client: OperatorClient, hostname: str) -> NodeRecord:
+    try:
+        return client.node(hostname)
+    except UnknownNode:
         err.print(f"[red]no node named {hostname!r}[/red]; `plasmaboot node list` shows them")
-        raise typer.Exit(1)
-    return node
+        raise typer.Exit(1) from None
 
 
 @node_app.command("show")
@@ -155,15 +160,18 @@ def node_show(
     state_dir: StateDirOption = DEFAULT_STATE_DIR,
     store_at: StoreOption = None,
     as_json: JsonOption = False,
+    server: ServerOption = None,
+    token_file: TokenFileOption = None,
+    ca: CaOption = None,
 ) -> None:
     """One node: state, target, MACs and its inventory record."""
-    store = _store(state_dir, store_at)
-    node = _get_node_or_exit(store, hostname)
-    power = next(
-        (e for e in reversed(store.events(hostname, limit=200)) if e.event.startswith("power-")),
-        None,
-    )
-    store.close()
+    with operator(state_dir, store_at, server, token_file, ca, needs_inventory=False) as client:
+        node = _node_or_exit(client, hostname)
+        power = next(
+            (e for e in reversed(client.events(hostname, limit=200))
+             if e.event.startswith("power-")),
+            None,
+        )  # fmt: skip
     if as_json:
         print(json.dumps(node.as_json(), indent=2))
         return
@@ -222,12 +230,14 @@ def node_events(
     store_at: StoreOption = None,
     as_json: JsonOption = False,
     limit: Annotated[int | None, typer.Option(help="Only the last N events.")] = None,
+    server: ServerOption = None,
+    token_file: TokenFileOption = None,
+    ca: CaOption = None,
 ) -> None:
     """A node's lifecycle history, oldest first."""
-    store = _store(state_dir, store_at)
-    _get_node_or_exit(store, hostname)
-    events = store.events(hostname, limit=limit)
-    store.close()
+    with operator(state_dir, store_at, server, token_file, ca, needs_inventory=False) as client:
+        _node_or_exit(client, hostname)
+        events = client.events(hostname, limit=limit)
     if as_json:
         print(json.dumps([asdict(e) for e in events], indent=2))
         return

@@ -101,15 +101,16 @@ class ServeProcess:
     base: str
     log: Path
     ca: Path
+    boot: str = ""  # the boot port (plain HTTP): boot scripts and the agent API
 
     @property
     def tls(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca))
 
     @classmethod
-    def start(cls, state_dir: Path, store: str | None = None) -> ServeProcess:
+    def start(cls, state_dir: Path, store: str | None = None, config: Path = LAB) -> ServeProcess:
         http_port, admin_port = free_port(), free_port()
-        argv = [sys.executable, "-m", "plasmaboot", "serve", "-c", str(LAB),
+        argv = [sys.executable, "-m", "plasmaboot", "serve", "-c", str(config),
                 "--state-dir", str(state_dir), "--no-dhcp", "--bind", "127.0.0.1",
                 "--http-port", str(http_port), "--tftp-port", str(free_port()),
                 "--admin-port", str(admin_port)]  # fmt: skip
@@ -120,7 +121,8 @@ class ServeProcess:
         with log.open("wb") as sink:
             proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)
         ca = state_dir / "pki" / "ca.crt"
-        server = cls(proc, f"https://127.0.0.1:{admin_port}", log, ca)
+        admin, boot = f"https://127.0.0.1:{admin_port}", f"http://127.0.0.1:{http_port}"
+        server = cls(proc, admin, log, ca, boot)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             assert proc.poll() is None, f"serve exited: {log.read_text()[-2000:]}"

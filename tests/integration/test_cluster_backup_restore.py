@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import socket
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +28,7 @@ import pytest
 import yaml
 from etcd_support import Cluster, missing_peer
 from polling import wait_for
+from ssh_support import SshHost, missing_sshd, running_sshd
 from test_firstboot_etcd import cluster_verify_settled, kv_get, kv_put, wait_healthy
 from typer.testing import CliRunner
 
@@ -266,64 +264,22 @@ def test_runbook_9_3_complete_loss_restored_from_the_backup(lab: Lab) -> None:
 
 
 SSHD_PORT = 17131
-SSHD_CONFIG = """\
-Port {port}
-ListenAddress 127.0.0.1
-HostKey {dir}/host_key
-AuthorizedKeysFile {dir}/authorized_keys
-PidFile {dir}/sshd.pid
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin prohibit-password
-UsePAM no
-StrictModes no
-"""
 
 
 @pytest.fixture(scope="module")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A real sshd on loopback taking root logins with a test key; yields the key."""
-    binary = shutil.which("sshd") or "/usr/sbin/sshd"
-    if not (Path(binary).exists() and shutil.which("ssh") and shutil.which("scp")):
-        pytest.skip("sshd/ssh not installed (Debian packages openssh-server, openssh-client)")
-    if os.geteuid() != 0:
-        pytest.skip("sshd for root logins needs root")
-    base = tmp_path_factory.mktemp("restore-sshd")
-    for key in ("host_key", "client_key"):
-        argv = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / key)]
-        subprocess.run(argv, check=True)
-    (base / "authorized_keys").write_text((base / "client_key.pub").read_text())
-    (base / "sshd_config").write_text(SSHD_CONFIG.format(port=SSHD_PORT, dir=base))
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    with (base / "sshd.log").open("wb") as log:
-        server = subprocess.Popen(
-            [binary, "-D", "-e", "-f", str(base / "sshd_config")],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", SSHD_PORT), timeout=1).close()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        yield base / "client_key"
-    finally:
-        server.terminate()
-        server.wait(10)
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshHost]:
+    """A real sshd on loopback taking root logins with a test key."""
+    if (reason := missing_sshd()) is not None:
+        pytest.skip(reason)
+    with running_sshd(tmp_path_factory.mktemp("restore-sshd"), SSHD_PORT) as host:
+        yield host
 
 
 def test_ssh_runner_runs_steps_and_copies_files_through_real_ssh(
-    sshd: Path, tmp_path: Path
+    sshd: SshHost, tmp_path: Path
 ) -> None:
     """The SSH runner's quoting and scp target, with the real programs (`--ssh-option`)."""
-    runner = SshRunner(
-        [f"Port={SSHD_PORT}", f"IdentityFile={sshd}", "StrictHostKeyChecking=no",
-         "UserKnownHostsFile=/dev/null", "LogLevel=ERROR"]
-    )  # fmt: skip
+    runner = SshRunner(sshd.options())
     member = RestoreMember("node01", "127.0.0.1", "https://x:2380", "/d", "t", True)
     target = NodePath(str(tmp_path / "a dir" / "chainfire.env"))
     (tmp_path / "a dir").mkdir()

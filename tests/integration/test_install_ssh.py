@@ -8,16 +8,11 @@ the real programs rather than with a stand-in.
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
+from ssh_support import SshHost, missing_sshd, running_sshd
 
 from plasmaboot.install import InstallRunner
 
@@ -25,88 +20,14 @@ pytestmark = pytest.mark.integration
 
 SSHD_PORT = 17122
 
-SSHD_CONFIG = """\
-Port {port}
-ListenAddress 127.0.0.1
-HostKey {dir}/host_key
-AuthorizedKeysFile {dir}/authorized_keys
-PidFile {dir}/sshd.pid
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin prohibit-password
-UsePAM no
-StrictModes no
-"""
-
-
-@dataclass
-class SshHost:
-    directory: Path
-    client_key: Path
-
-    def command(self, remote: str, *ssh_options: str) -> list[str]:
-        """An install command template for this host, as an inventory would write it."""
-        return [
-            "ssh",
-            "-p",
-            str(SSHD_PORT),
-            "-i",
-            str(self.client_key),
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-            *ssh_options,
-            "root@{ip}",
-            remote,
-        ]
-
 
 @pytest.fixture(scope="module")
 def ssh_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshHost]:
-    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
-    if not (Path(sshd).exists() and shutil.which("ssh") and shutil.which("ssh-keygen")):
-        pytest.skip("sshd/ssh not installed (Debian packages openssh-server, openssh-client)")
-    if os.geteuid() != 0:
-        pytest.skip("sshd for root logins needs root")
-    base = tmp_path_factory.mktemp("pbp-sshd")
-    for key in ("host_key", "client_key"):
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / key)], check=True
-        )
-    (base / "authorized_keys").write_text((base / "client_key.pub").read_text())
-    (base / "sshd_config").write_text(SSHD_CONFIG.format(port=SSHD_PORT, dir=base))
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
-    log = (base / "sshd.log").open("wb")
-    server = subprocess.Popen(
-        [sshd, "-D", "-e", "-f", str(base / "sshd_config")],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(server)
-        yield SshHost(base, base / "client_key")
-    finally:
-        server.terminate()
-        server.wait(10)
-        log.close()
-
-
-def wait_for_port(server: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", SSHD_PORT), timeout=1).close()
-            return
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    reason = missing_sshd()
+    if reason:
+        pytest.skip(reason)
+    with running_sshd(tmp_path_factory.mktemp("pbp-sshd"), SSHD_PORT) as host:
+        yield host
 
 
 async def test_install_over_ssh_streams_the_remote_output(ssh_host: SshHost) -> None:

@@ -204,17 +204,19 @@ def test_named_checkconf_loads_the_zone_statements(rendered: Path) -> None:
 
 def test_nft_accepts_every_ruleset(rendered: Path) -> None:
     nft = require("nft")
-    rulesets = sorted((rendered / "nftables").glob("*.nft"))
-    assert len(rulesets) == 3
+    rulesets = sorted((rendered / "nftables").rglob("*.nft"))
+    assert len(rulesets) == 4  # three profiles and the provisioning server
     for ruleset in rulesets:
         result = run(nft, "-c", "-f", str(ruleset))
         assert ok(result), f"{ruleset.name}: {result.stderr}"
 
 
 def test_iptables_restore_accepts_every_ruleset(rendered: Path) -> None:
-    restore = require("iptables-restore")
-    for rules in sorted((rendered / "iptables").glob("*.rules")):
-        result = run(restore, "--test", str(rules))
+    restore, restore6 = require("iptables-restore"), require("ip6tables-restore")
+    files = sorted((rendered / "iptables").rglob("*.rules*"))
+    assert len(files) == 8  # IPv4 and IPv6 for three profiles and the provisioning server
+    for rules in files:
+        result = run(restore6 if rules.suffix == ".rules6" else restore, "--test", str(rules))
         assert ok(result), f"{rules.name}: {result.stderr}"
 
 

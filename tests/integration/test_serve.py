@@ -105,7 +105,7 @@ def test_health_reports_dhcp_disabled_but_healthy(
     body = httpx.get(f"{BASE}/health").json()
     assert body == {
         "status": "healthy",
-        "services": {"dhcp": "disabled", "tftp": "running", "http": "running"},
+        "services": {"dhcp": "disabled", "tftp": "running", "http": "running", "admin": "running"},
     }
 
 

@@ -3,11 +3,13 @@ answering turns /health to 503 naming it within seconds, and back to 200 when it
 
 Two kinds of fault:
 - real ones, on a real `plasmaboot serve` process in a network namespace the test creates:
-  an nftables rule makes the TFTP port, the DHCP port or the HTTP listener's probed address
-  unreachable (the firewall mistake that breaks PXE in real networks);
+  an nftables rule makes the TFTP port, the DHCP port, the HTTP listener's probed address
+  or the admin listener unreachable (the firewall mistake that breaks PXE in real networks);
 - in-process ones, where no outside fault exists, on the real `ProvisioningServer` started
   in the test's event loop: the TFTP loop thread killed or hung, the DHCP reader removed
-  from its loop, the DHCP sockets or the HTTP listener closed.
+  from its loop, the DHCP sockets, the HTTP listener or the admin listener closed.
+
+/health (and /metrics) answer on both listeners, so a dead one is named by the other.
 
 DHCP answers on `lo` here (SO_BINDTODEVICE, loopback only): nothing leaves the host.
 """
@@ -21,6 +23,7 @@ import os
 import secrets
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -39,11 +42,11 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 # the serve process in its own namespace
-NS_HTTP, NS_TFTP, NS_DHCP = 17532, 17533, 17534
+NS_HTTP, NS_TFTP, NS_DHCP, NS_ADMIN = 17532, 17533, 17534, 17529
 # the in-process server, on the host's loopback
 HTTP, TFTP, DHCP = 17535, 17536, 17537
 ADMIN_PORT = 17538
-SERVICES = ("dhcp", "tftp", "http")
+SERVICES = ("dhcp", "tftp", "http", "admin")
 ALL_RUNNING = {name: "running" for name in SERVICES}
 
 
@@ -117,6 +120,7 @@ def serve_in_netns(tmp_path: Path) -> Iterator[Namespace]:
             "-c", str(lab_copy(tmp_path)), "--state-dir", str(tmp_path / "state"),
             "--interface", "lo", "--bind", "0.0.0.0", "--http-port", str(NS_HTTP),
             "--tftp-port", str(NS_TFTP), "--dhcp-port", str(NS_DHCP),
+            "--admin-port", str(NS_ADMIN),
         ]  # fmt: skip
         env = {**os.environ, "PLASMABOOT_ADMIN_TOKEN": "health-test-admin"}
         with log.open("w") as out:
@@ -146,6 +150,7 @@ def wait_health(ns: Namespace, status: int, timeout: float = 10) -> bool:
         ("tftp", f"udp dport {NS_TFTP}"),
         ("dhcp", f"udp dport {NS_DHCP}"),
         ("http", f"ip daddr 127.0.0.1 tcp dport {NS_HTTP}"),
+        ("admin", f"tcp dport {NS_ADMIN}"),
     ],
 )
 def test_an_unreachable_service_turns_health_503_naming_it(
@@ -198,6 +203,13 @@ async def health() -> tuple[int, dict[str, Any]]:
     return response.status_code, response.json()
 
 
+async def admin_get(server: ProvisioningServer, path: str) -> httpx.Response:
+    """GET on the admin listener, verified against the CA serve made in its state dir."""
+    ca = ssl.create_default_context(cafile=server.options.state_dir / "pki" / "ca.crt")
+    async with httpx.AsyncClient(verify=ca) as client:
+        return await client.get(f"https://127.0.0.1:{ADMIN_PORT}{path}", timeout=2)
+
+
 async def failing_within(seconds: float) -> list[str]:
     """The services /health names as failing once it turns 503 (or [] if it never does)."""
     deadline = time.monotonic() + seconds
@@ -230,7 +242,7 @@ async def test_all_services_answer_their_probes(server: ProvisioningServer) -> N
     refused, dhcp_stats = tftp_refused(), server.dhcp.stats
     await server.health.probe_once()
     # Probes are answered, but neither counted as machines' requests nor decoded as DHCP.
-    assert [server.health.status(name) for name in SERVICES] == ["running"] * 3
+    assert [server.health.status(name) for name in SERVICES] == ["running"] * len(SERVICES)
     assert tftp_refused() == refused and server.dhcp.stats == dhcp_stats
 
 
@@ -296,6 +308,27 @@ async def test_a_closed_http_listener_reads_as_failed(server: ProvisioningServer
         assert time.monotonic() < deadline, server.provisioner.service_status()
         await asyncio.sleep(0.2)
     assert server.provisioner.service_status() == {**ALL_RUNNING, "http": "failed"}
+    # The admin listener still answers, and names the dead one.
+    response = await admin_get(server, "/health")
+    assert response.status_code == 503
+    assert response.json()["failing"] == ["http"]
+
+
+async def test_a_closed_admin_listener_is_named_on_the_boot_port(
+    server: ProvisioningServer,
+) -> None:
+    assert server.admin is not None
+    response = await admin_get(server, "/health")
+    assert (response.status_code, response.json()) == (
+        200,
+        {"status": "healthy", "services": ALL_RUNNING},
+    )
+    assert "plasmaboot_dhcp_events" in (await admin_get(server, "/metrics")).text
+    for site in list(server.admin.sites):
+        await site.stop()
+    assert await failing_within(6) == ["admin"]
+    with pytest.raises(httpx.ConnectError):
+        await admin_get(server, "/health")
 
 
 async def test_a_stopped_prober_cannot_read_as_healthy(server: ProvisioningServer) -> None:

@@ -11,9 +11,9 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 
 # Lowest first: a package may import only packages listed before it.
 LAYERS = (
-    "logs", "files", "lifecycle", "inventory", "cli_common", "boot", "store", "pki", "agent",
-    "firstboot", "render", "power", "provision", "install", "cluster", "dhcp", "tftp",
-    "web", "lab", "operations", "watch", "serve", "cli", "__main__",
+    "logs", "files", "lifecycle", "inventory", "remote", "cli_common", "boot", "store", "pki",
+    "agent", "firstboot", "render", "power", "provision", "install", "cluster", "operations",
+    "dhcp", "tftp", "web", "lab", "dashboard", "watch", "serve", "cli", "__main__",
 )  # fmt: skip
 
 

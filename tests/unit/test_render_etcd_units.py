@@ -297,7 +297,7 @@ def test_nix_package_depends_on_what_pyproject_does() -> None:
     expression = (ROOT / "nix/plasmaboot.nix").read_text()
     listed = expression.split("dependencies = with python3Packages; [", 1)[1].split("];", 1)[0]
     # nixpkgs names Python packages by their normalised PyPI names
-    assert set(listed.split()) == {name.replace("_", "-") for name in wanted}
+    assert set(listed.split()) == {re.sub(r"[._]", "-", name) for name in wanted}
     assert "(lib.importTOML ../pyproject.toml).project" in expression
 
 

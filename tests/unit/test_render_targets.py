@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import date
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
@@ -12,9 +12,10 @@ import pytest
 from plasmaboot.boot.policy import DEFAULT_BOOTFILES, HTTP_BOOT_ARCHES, bootfile_for
 from plasmaboot.firstboot.schema import validate_cluster_config
 from plasmaboot.inventory import Inventory, load_inventory, parse_inventory
+from plasmaboot.inventory.models import AdminListener
 from plasmaboot.render import TARGETS, RenderContext, RenderError, render, target_names
 from plasmaboot.render.common import internal_network
-from plasmaboot.render.firewall import resolved_rules
+from plasmaboot.render.firewall import resolved_rules, server_rules
 from plasmaboot.render.systemd import units_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -134,9 +135,46 @@ def test_control_plane_opens_raft_ports_to_the_production_network_only() -> None
     ports = _open(load("plasmacloud"), "control-plane")
     assert ports[(2380, "tcp")] == "10.0.200.0/24"
     assert ports[(2480, "tcp")] == "10.0.200.0/24"
-    assert ports[(2379, "tcp")] == "10.0.0.0/8"
     assert ports[(22, "tcp")] == "10.0.10.0/24"
     assert ports[(123, "udp")] is None
+
+
+def test_client_apis_are_open_to_the_cluster_and_the_provisioning_server_alone() -> None:
+    """Not to the whole site (10.0.0.0/8): the network reference's complete ruleset."""
+    inv = load("plasmacloud")
+    for port in (2379, 2479):
+        sources = {
+            str(r.source)
+            for r in resolved_rules(inv, inv.profiles["control-plane"])
+            if r.rule.port == port
+        }
+        assert sources == {"10.0.200.0/24", "10.0.100.10/32"}
+
+
+def test_the_provisioning_server_ruleset_follows_its_settings() -> None:
+    inv = load("plasmacloud")
+    rules = {(r.rule.port, r.rule.proto, str(r.source)) for r in server_rules(inv)}
+    assert rules == {
+        (67, "udp", "None"),
+        (69, "udp", "10.0.100.0/24"),
+        (8080, "tcp", "10.0.100.0/24"),
+        (8080, "tcp", "10.0.10.0/24"),
+        (22, "tcp", "10.0.10.0/24"),
+    }  # the admin API listens on loopback: no rule
+    public = inv.model_copy(
+        update={"server": inv.server.model_copy(update={"admin": AdminListener(
+            address=IPv4Address("0.0.0.0"), port=9443)})}
+    )  # fmt: skip
+    assert (9443, "tcp", "10.0.10.0/24") in {
+        (r.rule.port, r.rule.proto, str(r.source)) for r in server_rules(public)
+    }
+    files = render("iptables", inv, RenderContext())
+    ipv6 = text(files, "server/provisioning-server.rules6")
+    assert "-p ipv6-icmp -j ACCEPT" in ipv6 and ":INPUT DROP" in ipv6
+    assert "--dport 8080" not in ipv6  # IPv4 sources only: nothing of IPv6 is admitted
+    assert "udp dport 67 accept" in text(
+        render("nftables", inv, RenderContext()), "server/provisioning-server.nft"
+    )
 
 
 def test_worker_does_not_open_what_its_services_do_not_use() -> None:

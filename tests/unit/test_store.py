@@ -3,7 +3,10 @@ SQLite's own: the state directory, PRAGMA user_version migrations."""
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -133,3 +136,32 @@ def test_a_postgresql_url_that_does_not_parse_is_a_clear_error() -> None:
     message = str(caught.value)
     assert "postgresql://pb:***@127.0.0.1:notaport/pb" in message and "port" in message
     assert "s3cret-pw" not in message
+
+
+LEASE_WRITER = """
+import os, sys
+from plasmaboot.store import Lease, SqliteStore
+store = SqliteStore(__import__("pathlib").Path(sys.argv[1]))
+os.getppid()  # marker: what follows is the lease commits alone
+for i in range(20):
+    store.save_leases([Lease(f"10.77.1.{i}", f"k{i}", f"52:54:00:00:01:{i:02x}", "bound", 1e10)])
+os.getppid()
+"""
+
+
+def test_every_lease_commit_is_fsynced_before_it_returns(tmp_path: Path) -> None:
+    """A lease the DHCP server ACKs must survive a power cut, not only a killed process:
+    each commit fsyncs the WAL (synchronous=FULL), seen in the process's system calls."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed (Debian package strace)")
+    trace = tmp_path / "trace"
+    subprocess.run(
+        ["strace", "-f", "-y", "-e", "trace=fsync,fdatasync,getppid", "-o", str(trace),
+         sys.executable, "-c", LEASE_WRITER, str(tmp_path / "db")],
+        check=True, timeout=60,
+    )  # fmt: skip
+    lines = trace.read_text().splitlines()
+    marks = [i for i, line in enumerate(lines) if "getppid(" in line]
+    assert len(marks) == 2, lines
+    synced = [line for line in lines[marks[0] : marks[1]] if "sync(" in line and "-wal>" in line]
+    assert len(synced) >= 20, lines[marks[0] : marks[1]]

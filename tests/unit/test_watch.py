@@ -11,9 +11,10 @@ from aiohttp import StreamReader
 from aiohttp.base_protocol import BaseProtocol
 
 from plasmaboot.lifecycle import State
+from plasmaboot.remote import TOKEN_ENV, RemoteError, admin_token
 from plasmaboot.store import EventRecord
 from plasmaboot.watch.fleet import PROVISION_REQUESTED, Fleet, NodeRow
-from plasmaboot.watch.sources import TOKEN_ENV, WatchError, admin_token, sse_events
+from plasmaboot.watch.sources import sse_events
 from plasmaboot.watch.view import describe, duration
 
 NOW = 10_000.0
@@ -99,12 +100,12 @@ def test_token_file_must_be_private(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     path = tmp_path / "admin.token"
     path.write_text("secret\n")
     path.chmod(0o640)
-    with pytest.raises(WatchError, match=f"chmod 600 {path}"):
+    with pytest.raises(RemoteError, match=f"chmod 600 {path}"):
         admin_token(path)
     path.chmod(0o600)
     assert admin_token(path) == "secret"
     monkeypatch.setenv(TOKEN_ENV, "from-env")
     assert admin_token(None) == "from-env"
     assert admin_token(path) == "secret", "a file named on the command line wins"
-    with pytest.raises(WatchError, match="no admin token"):
+    with pytest.raises(RemoteError, match="no admin token"):
         admin_token(tmp_path / "missing")

@@ -3,6 +3,7 @@ Range on images, health. In-process aiohttp server on loopback; no root needed."
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 from collections.abc import AsyncIterator
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import REGISTRY
 
 from plasmaboot.inventory import load_inventory
 from plasmaboot.lifecycle import Event, State
@@ -236,7 +238,9 @@ NON_PUBLIC = [r for r in ROUTES if r.auth != "public"]
 
 
 def _concrete(path: str) -> str:
-    return path.replace("{hostname}", "node01").replace("{mac}", MAC)
+    return (
+        path.replace("{hostname}", "node01").replace("{mac}", MAC).replace("{procedure}", "drain")
+    )
 
 
 @pytest.mark.parametrize("route", NON_PUBLIC, ids=lambda r: f"{r.method} {r.path}")
@@ -438,3 +442,23 @@ def test_api_event_names_are_the_lifecycle_events() -> None:
 
     assert {Event(name) for name in get_args(OperatorEvent)} <= set(Event)
     assert set(get_args(AgentStage)) == set(STAGE_EVENTS) | {"booted-from-disk"}
+
+
+async def test_a_request_the_parser_refuses_is_a_counted_400_not_a_logged_error(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A NUL in a header (found by schemathesis against serve): aiohttp answers 400 and
+    would log an error with a traceback; it is a client's mistake, counted."""
+    before = REGISTRY.get_sample_value("plasmaboot_http_malformed_requests_total") or 0.0
+    server = harness.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Probe: \x00\r\n\r\n")
+    await writer.drain()
+    status = await reader.readline()
+    writer.close()
+    assert status.split()[1] == b"400"
+    await asyncio.sleep(0.05)  # the refusal is logged after the answer
+    assert REGISTRY.get_sample_value("plasmaboot_http_malformed_requests_total") == before + 1
+    refused = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert refused and all(r.levelname == "WARNING" and not r.exc_info for r in refused)
+    assert "Invalid header value char" in refused[-1].getMessage()

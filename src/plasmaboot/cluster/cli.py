@@ -6,9 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import json
-from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import typer
@@ -16,7 +15,15 @@ from rich.console import Console
 from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
-from plasmaboot.cli_common import load_or_exit
+from plasmaboot.cli_common import (
+    DEFAULT_STATE_DIR,
+    CaOption,
+    ServerOption,
+    StateDirOption,
+    TokenFileOption,
+    load_or_exit,
+    remote_errors,
+)
 from plasmaboot.cluster.backup import MANIFEST, BackupError, ProgressCallback, take_backup
 from plasmaboot.cluster.membership import remove_member
 from plasmaboot.cluster.restore import (
@@ -29,11 +36,12 @@ from plasmaboot.cluster.restore import (
     run_plan,
     verify_backup,
 )
-from plasmaboot.cluster.verify import ClusterReport, verify_cluster
+from plasmaboot.cluster.verify import report_json, verify_cluster, verify_services
 from plasmaboot.firstboot.backends import MembershipError, make_backend
 from plasmaboot.firstboot.backends.base import http_client
 from plasmaboot.firstboot.config import ConfigError, FirstBootConfig, load_config
 from plasmaboot.firstboot.retry import Backoff
+from plasmaboot.remote import AdminApi, admin_token, ca_file
 from plasmaboot.render.etcd import STORE_SERVICE
 
 app = typer.Typer(help="Check and change cluster membership; back up and restore the store.")
@@ -63,62 +71,90 @@ def _client(plan: FirstBootConfig, config: Path) -> httpx.Client:
         raise typer.Exit(code=3) from error
 
 
-def _print(report: ClusterReport, console: Console) -> None:
-    table = Table("name", "id", "peer URLs", "role", "health", title=report.service)
-    for m in report.members:
-        role = "leader" if m.is_leader else "learner" if m.is_learner else "follower"
-        health = {True: "healthy", False: "UNHEALTHY", None: "?"}[m.healthy]
-        table.add_row(m.name or "(unstarted)", m.id, ", ".join(m.peer_urls), role, health)
+def _print(report: dict[str, Any], console: Console) -> None:
+    """One service's report (`report_json`'s shape: the same here and from a server)."""
+    table = Table("name", "id", "peer URLs", "role", "health", title=report["service"])
+    for m in report["members"]:
+        role = "leader" if m["is_leader"] else "learner" if m["is_learner"] else "follower"
+        health = {True: "healthy", False: "UNHEALTHY", None: "?"}[m["healthy"]]
+        table.add_row(m["name"] or "(unstarted)", m["id"], ", ".join(m["peer_urls"]), role, health)
     console.print(table)
-    for info in report.certs:
-        console.print(
-            f"certificate {info.path}: expires {info.not_after:%Y-%m-%d} "
-            f"({info.days_left():.0f} days)"
-        )
+    for cert in report["certs"]:
+        not_after = dt.datetime.fromisoformat(cert["not_after"])
+        days = (not_after - dt.datetime.now(dt.UTC)).total_seconds() / 86400
+        console.print(f"certificate {cert['path']}: expires {not_after:%Y-%m-%d} ({days:.0f} days)")
+
+
+def _local_only(command: str, server: str | None, instead: str) -> None:
+    """These commands use files here (a member's cluster-config.json and TLS files, a
+    backup directory, SSH keys); a server cannot do them for this machine."""
+    if server:
+        typer.echo(f"error: `plasmaboot cluster {command}` runs only here: {instead}", err=True)
+        raise typer.Exit(code=2)
+
+
+LocalOnly = Annotated[
+    str | None,
+    typer.Option("--server", hidden=True, help="Refused: this command runs only here."),
+]
 
 
 @app.command("verify")
 def verify_command(
-    config: ConfigOption,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", show_default=False,
+                     help="A node's cluster-config.json (URLs + TLS); not with --server."),
+    ] = None,
     service: ServiceOption = None,
     expect_members: Annotated[int | None, typer.Option("--expect-members", min=1)] = None,
     min_cert_days: Annotated[float, typer.Option("--min-cert-days")] = 30.0,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-) -> None:
-    """List members, leader, health and cert expiry; exit 1 if any check fails."""
-    plan = _load(config)
-    certs = [plan.tls.node_cert, plan.tls.ca_cert] if plan.tls else []
-    reports = []
-    with _client(plan, config) as client:
-        for svc in plan.services:
-            if service and svc.service not in service:
-                continue
-            backend = make_backend(svc, client)
-            urls = [svc.client_url, *svc.candidate_urls()]
-            reports.append(
-                verify_cluster(svc.service, backend, urls, expect_members, certs, min_cert_days)
+    server: ServerOption = None,
+    token_file: TokenFileOption = None,
+    ca: CaOption = None,
+    state_dir: StateDirOption = DEFAULT_STATE_DIR,
+) -> None:  # fmt: skip
+    """List members, leader, health and cert expiry; exit 1 if any check fails.
+
+    With --server the server checks, through its inventory's store URLs and its operator
+    certificate (whose expiry is the one checked)."""
+    if server:
+        if config is not None:
+            typer.echo("error: -c with --server: the server uses its inventory's store "
+                       "URLs and certificate; drop -c, or drop --server", err=True)  # fmt: skip
+            raise typer.Exit(code=2)
+        params = {"service": service or [], "min_cert_days": min_cert_days,
+                  **({"expect_members": expect_members} if expect_members else {})}  # fmt: skip
+        with remote_errors():
+            api = AdminApi(server, admin_token(token_file), ca_file(ca, state_dir))
+            try:
+                payload = api.get("/api/v1/cluster/verify", params)
+            finally:
+                api.close()
+    elif config is None:
+        typer.echo("error: -c CLUSTER-CONFIG.json is needed here, or --server URL", err=True)
+        raise typer.Exit(code=2)
+    else:
+        plan = _load(config)
+        try:
+            reports = verify_services(plan.services, plan.tls, service or (), expect_members,
+                                      min_cert_days)  # fmt: skip
+        except OSError as error:
+            typer.echo(
+                f"error: {config}: cannot load the tls files: {error}; fix the paths", err=True
             )
+            raise typer.Exit(code=3) from error
+        payload = [report_json(r) for r in reports]
     if as_json:
-        payload = [
-            {
-                "service": r.service,
-                "ok": r.ok,
-                "problems": r.problems,
-                "members": [asdict(m) for m in r.members],
-                "certs": [
-                    {"path": str(c.path), "not_after": c.not_after.isoformat()} for c in r.certs
-                ],
-            }
-            for r in reports
-        ]
         typer.echo(json.dumps(payload))
     else:
         console = Console()
-        for report in reports:
+        for report in payload:
             _print(report, console)
-            for problem in report.problems:
+            for problem in report["problems"]:
                 console.print(f"[red]problem:[/red] {problem}")
-    raise typer.Exit(code=0 if all(r.ok for r in reports) else 1)
+    raise typer.Exit(code=0 if all(r["ok"] for r in payload) else 1)
 
 
 @app.command("remove")
@@ -129,12 +165,17 @@ def remove_command(
     wait_s: Annotated[
         float, typer.Option("--wait-s", help="Keep retrying while the cluster refuses.")
     ] = 30.0,
+    server: LocalOnly = None,
 ) -> None:
     """Remove a member (runbook 7.2/7.6) from each configured service's cluster.
 
     etcd refuses reconfiguration until every voting member has been connected for a few
     seconds (``unhealthy cluster``), so the removal is retried with backoff for ``--wait-s``.
+    Local only (a member's cluster-config.json and TLS files here).
     """
+    _local_only("remove", server, "it needs a member's cluster-config.json and TLS files "
+                "on this machine. Through a server, `plasmaboot node decommission NODE "
+                "--server URL` (or reprovision) removes the node from the cluster")  # fmt: skip
     plan = _load(config)
     with _client(plan, config) as client:
         try:
@@ -153,12 +194,17 @@ def backup_command(
         Path, typer.Option("--out", help="A new (or empty) directory for snapshot + manifest.")
     ],
     service: ServiceOption = None,
+    server: LocalOnly = None,
 ) -> None:
     """Runbook 9.4: a consistent snapshot of the store through its API, with a manifest.
 
     Taken from the leader (else a healthy member), written atomically (0600), checked
     against its sha256 trailer and with etcdctl when installed; a failure leaves nothing.
+    Local only (writes the snapshot here, with a member's cluster-config.json and TLS).
     """
+    _local_only("backup", server, "it writes the snapshot on this machine with a member's "
+                "cluster-config.json and TLS files; run it where those are, without "
+                "--server")  # fmt: skip
     plan = _load(config)
     console = Console(stderr=True)
     columns = (*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn())
@@ -244,13 +290,17 @@ def restore_command(
         typer.Option("--verify-config", help="A cluster-config.json: wait for a healthy cluster."),
     ] = None,
     wait_s: Annotated[float, typer.Option("--wait-s", help="How long to wait for it.")] = 120.0,
+    server: LocalOnly = None,
 ) -> None:
     """Runbook 9.3 (complete cluster loss): rebuild every store member from a backup.
 
     Verifies the backup first; then, phase by phase on every member of the inventory's
     cluster: check etcdctl, stop etcd, `etcdctl snapshot restore` into a fresh directory,
     swap it in (the old one is kept), start etcd. Without --yes it only prints the plan.
+    Local only (the backup here, SSH to each member from here).
     """
+    _local_only("restore", server, "it reads the backup here and reaches each member over "
+                "SSH from this machine; run it without --server")  # fmt: skip
     inv = load_or_exit(inventory)
     try:
         verified = verify_backup(backup)

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from plasmaboot.cluster.verify import verify_cluster
+from plasmaboot.cluster.verify import ClusterReport, verify_cluster, verify_services
 from plasmaboot.firstboot.backends import (
     ClusterUnreachable,
     Member,
@@ -296,3 +296,20 @@ def config_membership(
     """Membership from a member's cluster-config.json (its URLs and TLS files)."""
     peer = inventory_peer_address(inv) if inv is not None else (lambda hostname, service: None)
     return StoreMembership(plan.services, lambda: plan.tls, peer, wait_s)
+
+
+def verify_inventory(
+    inv: Inventory,
+    pki: Path,
+    only: Sequence[str] = (),
+    expect_members: int | None = None,
+    min_cert_days: float = 30.0,
+) -> list[ClusterReport]:
+    """`cluster verify` through the inventory's store URLs and plasmaboot's operator
+    certificate (what a server runs for `cluster verify --server`). No usable certificate
+    is each service's problem, as an unreachable store is."""
+    services = [s for s in store_services(inv) if not only or s.service in only]
+    try:
+        return verify_services(services, operator_tls(pki), only, expect_members, min_cert_days)
+    except (MembershipError, OSError) as error:
+        return [ClusterReport(s.service, problems=[f"{s.service}: {error}"]) for s in services]

@@ -7,15 +7,20 @@ certificate expiry, which the seeds never check and which silently breaks TLS cl
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from plasmaboot.firstboot.backends import (
     ClusterBackend,
     ClusterUnreachable,
     Member,
     MembershipError,
+    make_backend,
 )
+from plasmaboot.firstboot.backends.base import http_client
+from plasmaboot.firstboot.config import ServicePlan, TLSFiles
 from plasmaboot.pki import CertInfo, cert_info
 
 
@@ -69,3 +74,41 @@ def verify_cluster(
         if days < min_cert_days:
             report.problems.append(f"certificate {path} expires in {days:.0f} days; renew it")
     return report
+
+
+def verify_services(
+    services: Sequence[ServicePlan],
+    tls: TLSFiles | None,
+    only: Sequence[str] = (),
+    expect_members: int | None = None,
+    min_cert_days: float = 30.0,
+) -> list[ClusterReport]:
+    """`verify_cluster` for each service (or those in `only`), its certificates the TLS
+    files'. A node's cluster-config.json gives both here; a server gives the inventory's
+    store URLs and its operator certificate (`membership.verify_inventory`). OSError: a TLS
+    file cannot be read."""
+    certs = [tls.node_cert, tls.ca_cert] if tls else []
+    reports = []
+    with http_client(tls) as client:
+        for svc in services:
+            if only and svc.service not in only:
+                continue
+            urls = [svc.client_url, *svc.candidate_urls()]
+            backend = make_backend(svc, client)
+            reports.append(
+                verify_cluster(svc.service, backend, urls, expect_members, certs, min_cert_days)
+            )
+    return reports
+
+
+def report_json(report: ClusterReport) -> dict[str, Any]:
+    """The report as `cluster verify --json` prints it and the admin API returns it."""
+    return {
+        "service": report.service,
+        "ok": report.ok,
+        "problems": report.problems,
+        "members": [asdict(m) for m in report.members],
+        "certs": [
+            {"path": str(c.path), "not_after": c.not_after.isoformat()} for c in report.certs
+        ],
+    }

@@ -239,6 +239,7 @@ class DhcpServer:
         if data.startswith(PROBE_MAGIC):
             self.probes_heard[sock.getsockname()[1]] = data[len(PROBE_MAGIC) :]
             return
+        self._counters["received"] += 1  # every datagram, so each can be accounted for
         try:
             request = decode(data)
         except DecodeError as exc:

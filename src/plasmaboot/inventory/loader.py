@@ -71,8 +71,9 @@ def parse_inventory(data: object, source: str = "<inventory>") -> Inventory:
     return inv
 
 
-def load_inventory(path: Path) -> Inventory:
-    source = str(path)
+def load_inventory(path: Path, source: str | None = None) -> Inventory:
+    """`source` names the file in problems when `path` is a copy of it (a staged edit)."""
+    source = source or str(path)
     try:
         text = path.read_text()
     except OSError as exc:

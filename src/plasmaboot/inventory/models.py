@@ -176,6 +176,23 @@ class Drain(Strict):
     timeout_s: int = Field(default=600, ge=1, le=24 * 3600)
 
 
+# What a rollback command may name (the node's host name and provisioning address).
+ROLLBACK_PLACEHOLDERS = frozenset({"node", "ip"})
+
+
+class Rollback(Strict):
+    """What `plasmaboot node rollback` runs on the node, as root over SSH (runbook 9.1).
+
+    `command` is a shell command line for the node ({node}, {ip} allowed); the default
+    switches a NixOS node back to its previous generation. An OS without generations (the
+    lab's Debian stand-in) sets its own. It must exit 0 within `timeout_s`; the health
+    gate comes after it.
+    """
+
+    command: str = "nixos-rebuild switch --rollback"
+    timeout_s: int = Field(default=900, ge=1, le=24 * 3600)
+
+
 class DiscoveryLimits(Strict):
     """How many unknown machines unauthenticated boot requests may record (discovered).
 
@@ -216,6 +233,7 @@ class Server(Strict):
     ssh_authorized_keys: tuple[str, ...] = ()
     installer: Installer = Installer()
     drain: Drain = Drain()
+    rollback: Rollback = Rollback()
     discovery: DiscoveryLimits = DiscoveryLimits()
     admin: AdminListener = AdminListener()
     # Seconds a node may wait in an unstable lifecycle state before serve's reaper fails

@@ -6,6 +6,7 @@ renderer resolves against the inventory's networks:
 
 - ``internal``: the whole site (10.0.0.0/8 in the reference: every network's supernet)
 - ``cluster``: the production network (Raft, gossip, VXLAN between nodes)
+- ``provisioning``: the provisioning networks (where machines PXE-boot)
 - ``management``: the management network (SSH, metrics scraping)
 - ``storage``: the storage network (iSCSI)
 - ``server``: the provisioning server's own address only (a /32)
@@ -17,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Scope = Literal["internal", "cluster", "management", "storage", "server", "any"]
+Scope = Literal["internal", "cluster", "provisioning", "management", "storage", "server", "any"]
 Proto = Literal["tcp", "udp"]
 
 
@@ -33,10 +34,17 @@ class PortRule:
 
 
 PORT_MATRIX: tuple[PortRule, ...] = (
-    PortRule("chainfire", 2379, "tcp", "Chainfire client API", "internal"),
+    # The client APIs are limited to the cluster network, as in the network reference's
+    # complete ruleset; the provisioning server also reaches them (cluster verify, backup, a
+    # decommissioned node leaving the membership): docs/corrections.md.
+    PortRule("chainfire", 2379, "tcp", "Chainfire client API", "cluster"),
+    PortRule(
+        "chainfire", 2379, "tcp", "Chainfire client API from the provisioning server", "server"
+    ),
     PortRule("chainfire", 2380, "tcp", "Chainfire Raft consensus", "cluster"),
     PortRule("chainfire", 2381, "tcp", "Chainfire gossip", "cluster"),
-    PortRule("flaredb", 2479, "tcp", "FlareDB client API", "internal"),
+    PortRule("flaredb", 2479, "tcp", "FlareDB client API", "cluster"),
+    PortRule("flaredb", 2479, "tcp", "FlareDB client API from the provisioning server", "server"),
     PortRule("flaredb", 2480, "tcp", "FlareDB Raft consensus", "cluster"),
     PortRule("iam", 8080, "tcp", "IAM API (HTTP)", "internal"),
     PortRule("iam", 8443, "tcp", "IAM API (HTTPS)", "internal", required=False),

@@ -16,6 +16,7 @@ from ipaddress import IPv4Address
 from plasmaboot.inventory.models import (
     DRAIN_PLACEHOLDERS,
     INSTALL_PLACEHOLDERS,
+    ROLLBACK_PLACEHOLDERS,
     Inventory,
     Network,
     Node,
@@ -91,6 +92,21 @@ def _addresses(inv: Inventory) -> Iterator[tuple[str, IPv4Address]]:
         bmc_ip = _bmc_ip(node)
         if bmc_ip is not None:
             yield f"nodes[{i}].bmc.address", bmc_ip
+
+
+def free_address(inv: Inventory, network: Network) -> IPv4Address | None:
+    """The first host address of `network` that nothing in the inventory takes (no node,
+    BMC or server address, gateway, DNS or NTP server, relay, nor the DHCP pool): where
+    `node adopt` puts a node not given an address. None when the subnet is full."""
+    taken = {ip for _, ip in _addresses(inv)} | set(network.dns) | set(network.ntp)
+    if network.gateway is not None:
+        taken.add(network.gateway)
+    pool = network.dhcp.pool if network.dhcp else None
+    taken |= set(network.dhcp.relays) if network.dhcp else set()
+    return next(
+        (ip for ip in network.subnet.hosts() if ip not in taken and not (pool and ip in pool)),
+        None,
+    )
 
 
 def _duplicate_addresses(inv: Inventory) -> Iterator[Problem]:
@@ -444,11 +460,10 @@ def _installer_command(inv: Inventory) -> Iterator[Problem]:
         )
 
 
-def _drain_command(inv: Inventory) -> Iterator[Problem]:
-    command = inv.server.drain.command
-    if command is None:
-        return
-    path = "server.drain.command"
+def _command_template(
+    path: str, command: str, placeholders: frozenset[str], what: str
+) -> Iterator[Problem]:
+    """An argv template of the inventory: it splits, is not empty, names only `placeholders`."""
     try:
         argv = shlex.split(command)
         parsed = [
@@ -464,20 +479,32 @@ def _drain_command(inv: Inventory) -> Iterator[Problem]:
     fields |= {f"{name}!{conv}" if conv else f"{name}:{spec}" for name, spec, conv in parsed
                if spec or conv}  # fmt: skip
     if not argv:
-        yield Problem(
-            path,
-            command,
-            "empty command",
-            "give the program that drains a node and its arguments, or remove the key",
-        )
-    unknown = sorted(fields - DRAIN_PLACEHOLDERS)
+        yield Problem(path, command, "empty command", f"give {what}, or remove the key")
+    unknown = sorted(fields - placeholders)
     if unknown:
         yield Problem(
             path,
             command,
             f"unknown placeholder(s) {unknown}",
-            f"use only {sorted(DRAIN_PLACEHOLDERS)} (write {{{{ }}}} for literal braces)",
+            f"use only {sorted(placeholders)} (write {{{{ }}}} for literal braces)",
         )
+
+
+def _drain_command(inv: Inventory) -> Iterator[Problem]:
+    command = inv.server.drain.command
+    if command is not None:
+        yield from _command_template(
+            "server.drain.command", command, DRAIN_PLACEHOLDERS,
+            "the program that drains a node and its arguments",
+        )  # fmt: skip
+
+
+def _rollback_command(inv: Inventory) -> Iterator[Problem]:
+    yield from _command_template(
+        "server.rollback.command", inv.server.rollback.command, ROLLBACK_PLACEHOLDERS,
+        "the command that switches a node back to its previous system, e.g. "
+        "nixos-rebuild switch --rollback",
+    )  # fmt: skip
 
 
 def _deadlines(inv: Inventory) -> Iterator[Problem]:
@@ -521,6 +548,7 @@ RULES: tuple[Callable[[Inventory], Iterator[Problem]], ...] = (
     _boot_overrides,
     _installer_command,
     _drain_command,
+    _rollback_command,
     _deadlines,
 )
 

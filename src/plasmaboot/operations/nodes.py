@@ -161,8 +161,8 @@ class NodeOperations:
     async def reprovision(self, hostname: str) -> None:
         """Runbook 9.2: leave the cluster, forget the install, netboot and reinstall."""
         self._require(self._record(hostname), Event.REPROVISION)
-        self._check_leave(hostname)
-        self._leave_cluster(hostname)
+        await self.check_leave(hostname)
+        await self.leave_cluster(hostname)
         self._fire(hostname, Event.REPROVISION)
         await self.provision(hostname)
 
@@ -244,30 +244,33 @@ class NodeOperations:
         self._require(record, Event.DECOMMISSION)
         member = record.state not in (State.ENROLLED, State.DISCOVERED)
         if member:
-            self._check_leave(hostname)  # a refusal comes before the drain
+            await self.check_leave(hostname)  # a refusal comes before the drain
         if record.state is State.ACTIVE:
             await self.drain(hostname)
         if member:
-            self._leave_cluster(hostname)
+            await self.leave_cluster(hostname)
         spec = self.inventory.node(hostname)
         if spec is not None and spec.bmc is not None:
             await self.power(spec).power_off()
             self.log(f"{hostname}: powered off")
         self._fire(hostname, Event.DECOMMISSION)
 
-    def _check_leave(self, hostname: str) -> None:
-        """Refuse (changing nothing) a removal that would break quorum or cannot be done."""
+    async def check_leave(self, hostname: str) -> None:
+        """Refuse (changing nothing) a removal that would break quorum or cannot be done.
+
+        The membership client blocks (HTTP with retries): it runs in a thread, so under
+        `serve` (admin API, dashboard) it never holds up the loop DHCP answers on."""
         if self.keep_member or self.membership is None:
             return
         try:
-            self.membership.check(hostname, self.force)
+            await asyncio.to_thread(self.membership.check, hostname, self.force)
         except (MembershipError, ClusterUnreachable) as error:
             raise OperationError(
                 f"{hostname}: {error}; nothing was done. Pass --force to remove it anyway, "
                 "or --keep-member to leave the cluster membership unchanged"
             ) from None
 
-    def _leave_cluster(self, hostname: str) -> None:
+    async def leave_cluster(self, hostname: str) -> None:
         if self.keep_member:
             self.store.record(hostname, "membership-kept", ACTOR, {"reason": "--keep-member"})
             self.log(f"{hostname}: cluster membership skipped with --keep-member")
@@ -276,7 +279,7 @@ class NodeOperations:
             self.log(f"{hostname}: no cluster settings given, membership left unchanged")
             return
         try:
-            results = self.membership.remove(hostname, self.force)
+            results = await asyncio.to_thread(self.membership.remove, hostname, self.force)
         except (MembershipError, ClusterUnreachable) as error:
             raise OperationFailed(
                 f"{hostname}: leaving the cluster failed: {error}. The node is still a "
@@ -299,12 +302,25 @@ class NodeOperations:
         on_tick: Callable[[list[NodeRecord]], None] | None = None,
     ) -> dict[str, State]:
         """Poll until every node is in `goal` or a failed state, or the timeout passes."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            records = [self._record(h) for h in hostnames]
-            if on_tick is not None:
-                on_tick(records)
-            done = all(r.state is goal or r.state in FAILED_STATES for r in records)
-            if done or time.monotonic() >= deadline:
-                return {r.hostname: r.state for r in records}
-            await asyncio.sleep(self.poll_s)
+        return await watch_states(self._record, hostnames, goal, timeout_s, on_tick, self.poll_s)
+
+
+async def watch_states(
+    record: Callable[[str], NodeRecord],
+    hostnames: list[str],
+    goal: State,
+    timeout_s: float,
+    on_tick: Callable[[list[NodeRecord]], None] | None = None,
+    poll_s: float = 1.0,
+) -> dict[str, State]:
+    """Poll `record` (the store here, or a server's admin API) until every node is in
+    `goal` or a failed state, or the timeout passes; each node's last state."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = [record(h) for h in hostnames]
+        if on_tick is not None:
+            on_tick(records)
+        done = all(r.state is goal or r.state in FAILED_STATES for r in records)
+        if done or time.monotonic() >= deadline:
+            return {r.hostname: r.state for r in records}
+        await asyncio.sleep(poll_s)

@@ -10,18 +10,28 @@ store) polled within the same deadline."""
 from __future__ import annotations
 
 import asyncio
+import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from plasmaboot.install import InstallRunner, split_command
 from plasmaboot.lifecycle import Event, State
-from plasmaboot.operations.nodes import ACTOR, NodeOperations, OperationError
+from plasmaboot.operations.nodes import ACTOR, EventLines, NodeOperations, OperationError
 
 DEFAULT_UPDATE_COMMAND = "nixos-rebuild switch --flake {flake}#{node} --target-host root@{ip}"
 SSH = "ssh -o BatchMode=yes -o ConnectTimeout=10"
-DEFAULT_HEALTH_COMMAND = f"{SSH} root@{{ip}} systemctl is-system-running"
+HEALTH_CHECK = "systemctl is-system-running"
+DEFAULT_HEALTH_COMMAND = f"{SSH} root@{{ip}} {HEALTH_CHECK}"
 ClusterCheck = Callable[[str], list[str]]  # node name -> problems (empty: healthy)
+
+
+def over_ssh(remote: str, options: Sequence[str] = ()) -> str:
+    """The command template that runs `remote`, a shell command line, as root on the node
+    over SSH, as the health check reaches it; `options` are extra ssh -o settings
+    (IdentityFile=KEY, Port=N). `remote` stays one argument, so its quoting survives."""
+    extra = "".join(f" -o {shlex.quote(option)}" for option in options)
+    return f"{SSH}{extra} root@{{ip}} {shlex.quote(remote)}"
 
 
 def variables(ops: NodeOperations, hostname: str) -> dict[str, str]:
@@ -32,14 +42,21 @@ def variables(ops: NodeOperations, hostname: str) -> dict[str, str]:
 
 
 async def run_step(
-    ops: NodeOperations, hostname: str, command: str, event: str, timeout_s: float
-) -> bool:
-    """Run one command template for the node; its outcome becomes the event `event`."""
+    ops: NodeOperations, hostname: str, command: str, event: str, timeout_s: float,
+    output_event: str | None = None,
+) -> bool:  # fmt: skip
+    """Run one command template for the node; its outcome (the last lines too) becomes
+    the event `event`, after every output line in `output_event` events when named."""
     runner = InstallRunner(1, timeout_s)
-    lines: list[str] = []
-    result = await runner.run(
-        hostname, split_command(command), variables(ops, hostname), lines.append
-    )
+    output = EventLines(ops.store, hostname, output_event) if output_event else None
+    try:
+        result = await runner.run(
+            hostname, split_command(command), variables(ops, hostname),
+            output or (lambda line: None),
+        )  # fmt: skip
+    finally:
+        if output is not None:
+            output.flush()
     ops.store.record(
         hostname, event, ACTOR,
         {"returncode": result.returncode, "timed_out": result.timed_out, "tail": result.tail},

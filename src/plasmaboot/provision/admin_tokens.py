@@ -59,9 +59,9 @@ class AdminToken:
 
     @classmethod
     def of(cls, record: Token) -> AdminToken:
-        expires = (
-            None if record.expires_at - record.created_at >= NO_EXPIRY_S else record.expires_at
-        )
+        # created + NO_EXPIRY_S - created can round to just below NO_EXPIRY_S: allow 1 s
+        lifetime = record.expires_at - record.created_at
+        expires = None if lifetime >= NO_EXPIRY_S - 1 else record.expires_at
         return cls(record.hostname[len(NAME_PREFIX) :], PURPOSES[record.purpose],
                    record.created_at, expires)  # fmt: skip
 

@@ -88,6 +88,7 @@ class DeadlineReaper:
         self.interval_s = interval_s
         self.clock = clock
         self._entries: dict[str, _Entry] = {}
+        self.overdue: list[Overdue] = []  # the last pass's (the dashboard pins them)
         self._task: asyncio.Task[None] | None = None
 
     # ---- one pass ---------------------------------------------------------------------
@@ -122,6 +123,7 @@ class DeadlineReaper:
             counts[late.state] += 1
         for state, count in counts.items():
             OVERDUE_NODES.labels(state.value).set(count)
+        self.overdue = overdue
         return overdue
 
     def _enforce(self, late: Overdue, entry: _Entry) -> None:

@@ -1,13 +1,20 @@
-"""Per-profile firewalls (nftables, iptables-restore, NixOS) from the one port matrix.
+"""Firewalls (nftables, iptables-restore + ip6tables-restore, NixOS) for every profile from
+the one port matrix, and for the provisioning server itself from its inventory settings.
 
-All three read `resolved_rules`, so a port is open in all of them or in none. Scopes resolve
-against the inventory: internal = the site (`internal_network`), cluster = production (else
-the provisioning networks, as in the lab), management = management (else the provisioning
-networks, where the operator reaches the lab), storage = storage (rules for it are left out
-when there is no such network), server = the provisioning server's address alone (SSH for
-install, rollout and rollback; never the whole world). "The provisioning networks" are the
-one named provisioning and every network DHCP serves (one per rack behind relays): a rule
-then names each subnet.
+All flavours read the same resolved rules, so a port is open in all of them or in none.
+Scopes resolve against the inventory: internal = the site (`internal_network`), cluster =
+production (else the provisioning networks, as in the lab), provisioning = the
+provisioning networks, management = management (else the provisioning networks, where the
+operator reaches the lab), storage = storage (rules for it are left out when there is no
+such network), server = the provisioning server's address alone (SSH for install, rollout
+and rollback; never the whole world). "The provisioning networks" are the one named
+provisioning and every network DHCP serves (one per rack behind relays): a rule then names
+each subnet.
+
+IPv6: the inventory's networks are IPv4, so a source-restricted rule admits IPv4 alone;
+IPv6 gets loopback, established traffic, ICMPv6 (neighbour discovery) and the rules open
+to any source. nftables does this in one `inet` table; iptables needs a second file for
+ip6tables-restore, without which IPv6 would stay open.
 
 The seeds flush the whole ruleset and drop forwarding; that would erase the tables of other
 software and cut off VM and pod traffic on workers. The nftables ruleset here owns only its
@@ -25,6 +32,8 @@ from plasmaboot.inventory.ports import PortRule, Scope, rules_for
 from plasmaboot.render.common import HEADER, Files, RenderContext, internal_network
 
 TABLE = "plasmaboot"
+SERVER_DIR = "server"  # the provisioning server's files: no profile's name can clash
+SERVER_NAME = "provisioning-server"
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,8 @@ def scope_networks(inv: Inventory, scope: Scope) -> tuple[IPv4Network, ...]:
         return (internal_network(inv),)
     if scope == "cluster":
         return _fallback(inv, "production")
+    if scope == "provisioning":
+        return provisioning_subnets(inv)
     if scope == "management":
         return _fallback(inv, "management")
     if scope == "server":
@@ -73,15 +84,48 @@ def scope_networks(inv: Inventory, scope: Scope) -> tuple[IPv4Network, ...]:
     return (storage.subnet,)
 
 
-def resolved_rules(inv: Inventory, profile: Profile) -> list[ResolvedRule]:
-    """The matrix rules the profile's services (plus SSH and NTP) open, in matrix order."""
+def _resolve(inv: Inventory, rules: list[PortRule]) -> list[ResolvedRule]:
+    """Rules with their source networks; a rule whose scope has none is left out, and so
+    is one that opens what an earlier rule opened already (the lab's fallbacks)."""
     resolved: list[ResolvedRule] = []
-    for rule in rules_for(profile.services):
+    seen: set[tuple[int, int | None, str, tuple[IPv4Network, ...]]] = set()
+    for rule in rules:
         try:
-            resolved.append(ResolvedRule(rule, scope_networks(inv, rule.source)))
+            sources = scope_networks(inv, rule.source)
         except LookupError:
             continue
+        key = (rule.port, rule.port_end, rule.proto, sources)
+        if key not in seen:
+            seen.add(key)
+            resolved.append(ResolvedRule(rule, sources))
     return resolved
+
+
+def resolved_rules(inv: Inventory, profile: Profile) -> list[ResolvedRule]:
+    """The matrix rules the profile's services (plus SSH and NTP) open, in matrix order."""
+    return _resolve(inv, rules_for(profile.services))
+
+
+def server_rules(inv: Inventory) -> list[ResolvedRule]:
+    """What the provisioning server itself must admit, from its inventory settings.
+
+    TFTP transfers answer from ephemeral ports: a client's ACK comes back to the port the
+    server sent from, which conntrack admits as established. The agent API is served on
+    the HTTP boot port. The server is not a DHCP client, so 68 stays closed."""
+    server = inv.server
+    rules = [
+        # from any source: a client asks from 0.0.0.0, a relay from wherever it sits
+        PortRule("dhcp", server.dhcp_port, "udp", "DHCP (clients and relay agents)", "any"),
+        PortRule("tftp", server.tftp_port, "udp", "TFTP (iPXE binaries)", "provisioning"),
+        PortRule("http", server.http_port, "tcp", "boot port: iPXE, agent API", "provisioning"),
+        PortRule("http", server.http_port, "tcp", "boot port: /health, /metrics", "management"),
+        PortRule("ssh", 22, "tcp", "Remote management", "management"),
+    ]
+    if any(net.dhcp is not None and net.dhcp.mode == "proxy" for net in inv.networks):
+        rules.insert(1, PortRule("dhcp", 4011, "udp", "proxyDHCP PXE port", "any"))
+    if not server.admin.address.is_loopback:  # loopback is admitted with the lo rule
+        rules.append(PortRule("admin", server.admin.port, "tcp", "Admin API (TLS)", "management"))
+    return _resolve(inv, rules)
 
 
 def _nft_match(r: ResolvedRule) -> str:
@@ -93,13 +137,19 @@ def _nft_match(r: ResolvedRule) -> str:
     return f'{source}{r.rule.proto} dport {port} accept comment "{r.comment}"'
 
 
-def nft_ruleset(inv: Inventory, name: str, profile: Profile) -> str:
+def _title(name: str, profile: Profile | None) -> str:
+    if profile is None:
+        return f"The provisioning server ({name}): DHCP, TFTP, HTTP boot port, admin API, SSH"
+    return f"Profile {name} (role {profile.role}): {', '.join(profile.services)}"
+
+
+def nft_ruleset(name: str, profile: Profile | None, resolved: list[ResolvedRule]) -> str:
     """A complete `nft -f` file: replaces table inet plasmaboot atomically, nothing else."""
-    rules = "\n".join(f"        {_nft_match(r)}" for r in resolved_rules(inv, profile))
+    rules = "\n".join(f"        {_nft_match(r)}" for r in resolved)
     return f"""\
 #!/usr/sbin/nft -f
 # {HEADER}
-# Profile {name} (role {profile.role}): {", ".join(profile.services)}
+# {_title(name, profile)}
 table inet {TABLE}
 delete table inet {TABLE}
 
@@ -118,11 +168,15 @@ table inet {TABLE} {{
 """
 
 
-def iptables_rules(inv: Inventory, name: str, profile: Profile) -> str:
-    """An `iptables-restore` file for hosts without nftables (IPv4 filter table)."""
+def iptables_rules(
+    name: str, profile: Profile | None, resolved: list[ResolvedRule], *, ipv6: bool = False
+) -> str:
+    """An `iptables-restore` file (IPv4), or with `ipv6` its `ip6tables-restore` twin: the
+    rules open to any source, ICMPv6, and a drop of everything else."""
+    tool = "ip6tables-restore" if ipv6 else "iptables-restore"
     lines = [
         f"# {HEADER}",
-        f"# Profile {name} (role {profile.role}); load with: iptables-restore FILE",
+        f"# {_title(name, profile)}; load with: {tool} FILE",
         "*filter",
         ":INPUT DROP [0:0]",
         ":FORWARD ACCEPT [0:0]",
@@ -130,9 +184,11 @@ def iptables_rules(inv: Inventory, name: str, profile: Profile) -> str:
         "-A INPUT -i lo -j ACCEPT",
         "-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
         "-A INPUT -m conntrack --ctstate INVALID -j DROP",
-        "-A INPUT -p icmp -j ACCEPT",
+        "-A INPUT -p ipv6-icmp -j ACCEPT" if ipv6 else "-A INPUT -p icmp -j ACCEPT",
     ]
-    for r in resolved_rules(inv, profile):
+    for r in resolved:
+        if ipv6 and r.sources:  # IPv4 networks: nothing of IPv6 is admitted by them
+            continue
         port = f"{r.rule.port}:{r.rule.port_end}" if r.rule.port_end else str(r.rule.port)
         # iptables-restore expands a comma-separated -s into one rule per network.
         source = f"-s {','.join(map(str, r.sources))} " if r.sources else ""
@@ -147,7 +203,7 @@ def iptables_rules(inv: Inventory, name: str, profile: Profile) -> str:
     return "\n".join(lines) + "\n"
 
 
-def nixos_firewall(inv: Inventory, name: str, profile: Profile) -> str:
+def nixos_firewall(name: str, profile: Profile | None, resolved: list[ResolvedRule]) -> str:
     """A NixOS module: the nftables-based firewall with the same rules as `nft_ruleset`.
 
     Source-restricted rules go to extraInputRules (nftables syntax); the NixOS firewall
@@ -157,7 +213,7 @@ def nixos_firewall(inv: Inventory, name: str, profile: Profile) -> str:
     open_udp: list[str] = []
     ranges: list[str] = []
     restricted: list[str] = []
-    for r in resolved_rules(inv, profile):
+    for r in resolved:
         if r.sources:
             restricted.append(f"      {_nft_match(r)}")
         elif r.rule.port_end:
@@ -167,7 +223,7 @@ def nixos_firewall(inv: Inventory, name: str, profile: Profile) -> str:
     tcp_ranges = " ".join(ranges)
     return f"""\
 # {HEADER}
-# Profile {name} (role {profile.role}): {", ".join(profile.services)}
+# {_title(name, profile)}
 {{ ... }}:
 {{
   networking.nftables.enable = true;
@@ -190,13 +246,29 @@ def _profiles_in_use(inv: Inventory) -> dict[str, Profile]:
     return dict(sorted(inv.profiles.items()))
 
 
+Ruleset = tuple[str, Profile | None, list[ResolvedRule]]  # name, profile (None: the server)
+
+
+def _every_ruleset(inv: Inventory) -> dict[str, Ruleset]:
+    """Path stem -> ruleset: each profile's, and the server's in its own directory."""
+    rulesets: dict[str, Ruleset] = {
+        n: (n, p, resolved_rules(inv, p)) for n, p in _profiles_in_use(inv).items()
+    }
+    rulesets[f"{SERVER_DIR}/{SERVER_NAME}"] = (SERVER_NAME, None, server_rules(inv))
+    return rulesets
+
+
 def render_nftables(inv: Inventory, ctx: RenderContext) -> Files:
-    return {f"{n}.nft": nft_ruleset(inv, n, p) for n, p in _profiles_in_use(inv).items()}
+    return {f"{stem}.nft": nft_ruleset(*r) for stem, r in _every_ruleset(inv).items()}
 
 
 def render_iptables(inv: Inventory, ctx: RenderContext) -> Files:
-    return {f"{n}.rules": iptables_rules(inv, n, p) for n, p in _profiles_in_use(inv).items()}
+    files: Files = {}
+    for stem, ruleset in _every_ruleset(inv).items():
+        files[f"{stem}.rules"] = iptables_rules(*ruleset)
+        files[f"{stem}.rules6"] = iptables_rules(*ruleset, ipv6=True)
+    return files
 
 
 def render_nixos_firewall(inv: Inventory, ctx: RenderContext) -> Files:
-    return {f"{n}.nix": nixos_firewall(inv, n, p) for n, p in _profiles_in_use(inv).items()}
+    return {f"{stem}.nix": nixos_firewall(*r) for stem, r in _every_ruleset(inv).items()}

@@ -23,7 +23,7 @@ from plasmaboot.render.common import (
     nix_string,
 )
 from plasmaboot.render.etcd import nixos_etcd, runs_etcd
-from plasmaboot.render.firewall import nixos_firewall
+from plasmaboot.render.firewall import nixos_firewall, resolved_rules
 from plasmaboot.render.ipxe import SERIAL_CONSOLE
 from plasmaboot.render.nix_package import EXPRESSION, package_files
 from plasmaboot.render.systemd import nixos_module
@@ -221,7 +221,8 @@ def _netboot_base(inv: Inventory) -> str:
 def render_nixos(inv: Inventory, ctx: RenderContext) -> Files:
     files: Files = {"flake.nix": _flake(inv), "netboot-base.nix": _netboot_base(inv)}
     for name, profile in sorted(inv.profiles.items()):
-        files[f"profiles/{name}/firewall.nix"] = nixos_firewall(inv, name, profile)
+        firewall = nixos_firewall(name, profile, resolved_rules(inv, profile))
+        files[f"profiles/{name}/firewall.nix"] = firewall
         files[f"profiles/{name}/first-boot.nix"] = nixos_module(name, profile, inv.cluster.store)
     for node in inv.nodes:
         files[f"nodes/{inv.fqdn(node)}/configuration.nix"] = _configuration(inv, node)

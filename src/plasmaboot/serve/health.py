@@ -8,6 +8,8 @@
 - http: a TCP connection to the server's own listener and a `GET /api/openapi.json`
   answered 200 (a real route through the same handler wrapper; not /health itself, and
   not a boot route, which an operator follows in the log);
+- admin: the same request to the admin listener, over TLS verified against plasmaboot's
+  CA (an expired or mismatched certificate fails the probe, as it fails every client);
 - dhcp: every socket is open, and a datagram sent to each from the host itself (to the
   interface's own address, so it is delivered locally and never reaches the wire) is read
   by the DHCP server's reader on its loop (`dhcp.server.PROBE_MAGIC`).
@@ -25,6 +27,7 @@ import fcntl
 import functools
 import secrets
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -105,10 +108,14 @@ def tftp_probe(server: TftpServer, thread: LoopThread, interface: str | None) ->
     return probe
 
 
-def http_probe(bind: str, port: int) -> Probe:
+def http_probe(bind: str, port: int, tls: ssl.SSLContext | None = None) -> Probe:
+    """`GET HTTP_PROBE_PATH` on the listener at `bind`:`port` (over TLS with `tls`)."""
+
     async def probe() -> None:
         host = own_address(bind)
-        reader, writer = await asyncio.open_connection(host, port)
+        reader, writer = await asyncio.open_connection(
+            host, port, ssl=tls, server_hostname=host if tls else None
+        )
         try:
             name = f"[{host}]" if ":" in host else host
             writer.write(

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
 
-from plasmaboot import logs
+from plasmaboot import dashboard, logs
 from plasmaboot.dhcp.config import DhcpConfigError
 from plasmaboot.dhcp.server import DhcpServer
 from plasmaboot.install.driver import InstallDriver
@@ -143,6 +144,7 @@ class ProvisioningServer:
         # The admin API: its own address and port, TLS from plasmaboot's CA (serve/admin.py).
         certificate = ensure_admin_certificate(opts.state_dir, inv, self.admin_bind)
         admin_app = build_app(self.provisioner, static, self.reload, listener="admin")
+        dashboard.install(admin_app, self.provisioner, self.reaper)
         self.admin = web.AppRunner(admin_app, access_log=None)
         await self.admin.setup()
         await web.TCPSite(
@@ -180,6 +182,11 @@ class ProvisioningServer:
         # /health: each service answers a real probe (serve/health.py), from the start.
         probes: dict[str, Probe] = {
             "http": http_probe(opts.bind, self.http_port),
+            "admin": http_probe(
+                self.admin_bind,
+                self.admin_port,
+                ssl.create_default_context(cafile=certificate.ca_cert),
+            ),
             "tftp": tftp_probe(self.tftp, self.tftp_thread, self.interface),
         }
         if self.dhcp is not None:

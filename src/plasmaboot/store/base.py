@@ -41,6 +41,14 @@ class NodeRecord:
         data["target"] = self.target.value if self.target else None
         return data
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> NodeRecord:
+        """The record back from `as_json` (what the CLI reads from a server's admin API)."""
+        target = data.get("target")
+        return cls(**{**data, "state": State(data["state"]),
+                      "target": State(target) if target else None,
+                      "macs": tuple(data["macs"])})  # fmt: skip
+
 
 @dataclass(frozen=True)
 class EventRecord:

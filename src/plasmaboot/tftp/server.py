@@ -152,8 +152,9 @@ class TftpServer:
         if request.filename == PROBE_FILENAME and self._listener is not None:
             self._listener.sendto(build_error(ErrorCode.FILE_NOT_FOUND, "health probe"), client)
             return
-        if client in self._transfers:
-            return  # a retransmitted RRQ: the running transfer answers it
+        if client in self._transfers:  # a retransmitted RRQ: the running transfer answers it
+            metrics.REQUESTS_REFUSED.labels("retransmitted").inc()
+            return
         if len(self._transfers) >= self._max_transfers:
             metrics.REQUESTS_REFUSED.labels("busy").inc()
             return

@@ -21,8 +21,11 @@ from rich.markup import escape
 
 from plasmaboot.cli_common import (
     DEFAULT_STATE_DIR,
+    CaOption,
+    ServerOption,
     StateDirOption,
     StoreOption,
+    TokenFileOption,
     err,
     load_or_exit,
     out,
@@ -30,18 +33,14 @@ from plasmaboot.cli_common import (
 )
 from plasmaboot.inventory.deadlines import deadlines_for
 from plasmaboot.lifecycle import State
-from plasmaboot.pki.authority import CA_CERT
-from plasmaboot.provision.nodefiles import pki_dir
+from plasmaboot.remote import RemoteError, admin_token, ca_file
 from plasmaboot.store import EventRecord, Store, StoreError, open_store
 from plasmaboot.watch.fleet import Fleet, NodeRow, default_deadlines
 from plasmaboot.watch.sources import (
-    DEFAULT_TOKEN_FILE,
-    TOKEN_ENV,
     LocalSource,
     RemoteSource,
     Source,
     WatchError,
-    admin_token,
 )
 from plasmaboot.watch.view import LiveView, PlainView, duration
 
@@ -154,34 +153,6 @@ DeadlinesConfig = Annotated[
         show_default=False,
     ),
 ]
-ServerOption = Annotated[
-    str | None,
-    typer.Option(
-        "--server",
-        help="Watch through this server's admin API and event stream (https://HOST:PORT, "
-        "its admin listener) instead of the local store; the admin token (scope read) from "
-        f"${TOKEN_ENV} or --token-file.",
-        show_default=False,
-    ),
-]
-TokenFileOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--token-file",
-        help=f"A file (mode 0600) holding the admin token; default: ${TOKEN_ENV}, else "
-        f"{DEFAULT_TOKEN_FILE}.",
-        show_default=False,
-    ),
-]
-CaOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--ca",
-        help="plasmaboot's CA certificate, to verify the admin listener; default: "
-        "STATE_DIR/pki/ca.crt if it exists, else the system's trust store.",
-        show_default=False,
-    ),
-]
 TimeoutOption = Annotated[
     float, typer.Option("--timeout", min=0, help="Give up (exit 1) after this many seconds.")
 ]
@@ -197,21 +168,21 @@ def watch_command(
     ca: CaOption = None,
     timeout: TimeoutOption = 3600,
 ) -> None:
-    """Watch nodes live until they all rest: exit 0 if every one is active, else 1."""
+    """Watch nodes live until they all rest: exit 0 if every one is active, else 1.
+
+    With --server, through that server's admin API and event stream (a read token)."""
     names = list(nodes or [])
     deadlines = deadlines_for(load_or_exit(config)) if config else default_deadlines()
     store: Store | None = None
     try:
         if server:
-            if ca is None and (pki_dir(state_dir) / CA_CERT).exists():
-                ca = pki_dir(state_dir) / CA_CERT
-            source: Source = RemoteSource(server, admin_token(token_file), ca)
+            source: Source = RemoteSource(server, admin_token(token_file), ca_file(ca, state_dir))
         else:
             store = open_store(store_location(store_at, state_dir))
             source = LocalSource(store)
         view: View = LiveView(out) if out.is_terminal else PlainView()
         fleet, timed_out = asyncio.run(follow(source, names, deadlines, timeout, view))
-    except (WatchError, StoreError) as exc:
+    except (WatchError, StoreError, RemoteError) as exc:
         err.print(f"[red]watch:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:

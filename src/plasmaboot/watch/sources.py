@@ -3,16 +3,14 @@
 Both give the same two things: a snapshot (rows, and the newest event id read *before*
 the nodes were, so nothing between the two is lost) and the events after an id, in id
 order. The local store is paged every `POLL_S`; a server is followed through its event
-stream (`GET /api/v1/events/stream`), resumed with `Last-Event-ID` after any disconnect.
+stream (`GET /api/v1/events/stream`), resumed with `Last-Event-ID` after any disconnect;
+its token and CA are every remote command's (remote.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import ssl
-import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +20,12 @@ from urllib.parse import quote
 import aiohttp
 
 from plasmaboot.lifecycle import State
+from plasmaboot.remote import refusal, trust
 from plasmaboot.store import EventRecord, Store
 from plasmaboot.watch.fleet import HISTORY, NodeRow
 
 POLL_S = 0.5
 PAGE = 500
-TOKEN_ENV = "PLASMABOOT_ADMIN_TOKEN"
-DEFAULT_TOKEN_FILE = Path("~/.config/plasmaboot/admin.token")
 RECONNECT_S = 1.0
 # No byte for this long (the server sends a heartbeat every 15 s): reconnect.
 STREAM_SILENCE_S = 45.0
@@ -89,33 +86,6 @@ class LocalSource:
                 await asyncio.sleep(self.poll_s)
 
 
-def admin_token(token_file: Path | None) -> str:
-    """The admin token: `--token-file`, else $PLASMABOOT_ADMIN_TOKEN, else the default
-    file. A file must be private to its owner (0600): a token others can read is not."""
-    if token_file is None:
-        if token := os.environ.get(TOKEN_ENV, "").strip():
-            return token
-        token_file = DEFAULT_TOKEN_FILE
-    path = token_file.expanduser()
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
-        raise WatchError(
-            f"no admin token: make one on the server with `plasmaboot admin token create "
-            f"--scope read --name NAME`, then set {TOKEN_ENV}, or save it to {path} with "
-            "mode 0600, or pass --token-file"
-        ) from None
-    if mode & 0o077:
-        raise WatchError(
-            f"refusing the admin token file {path}: mode {mode:04o} lets group or others "
-            f"read it; make it private with `chmod 600 {path}`"
-        )
-    token = path.read_text().strip()
-    if not token:
-        raise WatchError(f"the admin token file {path} is empty")
-    return token
-
-
 def _event(data: dict[str, Any]) -> EventRecord:
     return EventRecord(
         int(data["id"]),
@@ -156,15 +126,6 @@ async def sse_events(content: aiohttp.StreamReader) -> AsyncIterator[tuple[str, 
                 data.append(value)
 
 
-def trust(ca: Path | None) -> ssl.SSLContext:
-    """TLS verification for the admin listener: plasmaboot's CA (`--ca`), else the
-    system's trust store."""
-    try:
-        return ssl.create_default_context(cafile=str(ca) if ca is not None else None)
-    except (OSError, ssl.SSLError) as exc:
-        raise WatchError(f"cannot read the CA certificate {ca}: {exc}") from None
-
-
 class RemoteSource:
     """A server's admin API: the nodes and their recent events, then the event stream."""
 
@@ -178,10 +139,7 @@ class RemoteSource:
             reason = str((await response.json())["error"])
         except (aiohttp.ContentTypeError, json.JSONDecodeError, KeyError, TypeError):
             reason = "no reason given"
-        return WatchError(
-            f"{self.base} refused the admin token (HTTP {response.status}: {reason}); "
-            f"check {TOKEN_ENV} or the token file"
-        )
+        return WatchError(refusal(self.base, response.status, reason))
 
     async def _get(self, http: aiohttp.ClientSession, path: str) -> Any:
         try:

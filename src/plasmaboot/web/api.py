@@ -222,8 +222,13 @@ async def get_node(request: web.Request) -> web.Response:
 
 
 async def node_events(request: web.Request) -> web.Response:
+    """A node's events, oldest first (?limit=N: only the last N, as `node events`)."""
     record = _node_or_404(request)
-    events = request.app[PROVISIONER].store.events(record.hostname)
+    try:
+        limit = int(request.query["limit"]) if "limit" in request.query else None
+    except ValueError:
+        raise error(400, "limit must be an integer", field="limit") from None
+    events = request.app[PROVISIONER].store.events(record.hostname, limit=limit)
     return json_response([asdict(e) for e in events])
 
 

@@ -9,6 +9,7 @@ builds one application per listener, so an admin route is a 404 on the boot port
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import REGISTRY, Counter, Histogram
 from pydantic import BaseModel
 
@@ -24,7 +26,7 @@ from plasmaboot.boot import paths
 from plasmaboot.provision import Provisioner
 from plasmaboot.provision.admin_tokens import AdminTokens, Scope
 from plasmaboot.provision.tokens import TokenRefused
-from plasmaboot.web import api, boot, events, observe
+from plasmaboot.web import api, boot, events, observe, operations
 
 log = logs.get_logger("plasmaboot.http")
 
@@ -42,6 +44,9 @@ SHARED_PATHS = frozenset({"/health", "/metrics", "/api/openapi.json"})
 
 ADMIN_TOKENS = web.AppKey("admin_tokens", AdminTokens)
 LISTENER: web.AppKey[Listener | None] = web.AppKey("listener")
+# Another way to present an admin token, on routes that only read: the dashboard's
+# session cookie (dashboard/sessions.py), so its EventSource needs no token in the URL.
+SESSION_TOKEN: web.AppKey[Callable[[web.Request], str | None]] = web.AppKey("session_token")
 ReloadInventory = Callable[[], list[str]]
 RELOAD: web.AppKey[ReloadInventory] = web.AppKey("reload")
 
@@ -52,6 +57,10 @@ ADMIN_REFUSED = Counter(
     "plasmaboot_admin_auth_refused_total",
     "Admin API requests refused for their token (missing, unknown, expired, scope)",
     ["reason"],
+)
+HTTP_MALFORMED = Counter(
+    "plasmaboot_http_malformed_requests",
+    "Requests aiohttp's parser refused with 400 before any route (bad request line, header)",
 )
 HTTP_SECONDS = Histogram(
     "plasmaboot_http_request_seconds",
@@ -162,7 +171,7 @@ ROUTES: tuple[Route, ...] = (
         "/api/v1/nodes/{hostname}/events",
         api.node_events,
         "read",
-        "A node's lifecycle events",
+        "A node's lifecycle events (?limit=N: the last N)",
     ),
     Route(
         "POST",
@@ -171,6 +180,39 @@ ROUTES: tuple[Route, ...] = (
         "write",
         "Apply an operator event (drain, reprovision, decommission, ...)",
         api.ActionRequest,
+    ),
+    Route(
+        "POST",
+        "/api/v1/nodes/{hostname}/procedures/{procedure}",
+        operations.node_procedure,
+        "write",
+        "Run a node procedure as `plasmaboot node PROCEDURE` does (provision, reprovision, "
+        "drain, maintenance, activate, decommission); its log lines",
+        operations.ProcedureRequest,
+    ),
+    Route(
+        "GET",
+        "/api/v1/power",
+        operations.power_status,
+        "read",
+        "Power state through the BMCs, as `node power status` (?node= repeatable, default "
+        "every inventory node; ?parallel=)",
+    ),
+    Route(
+        "POST",
+        "/api/v1/power",
+        operations.power_action,
+        "write",
+        "Power nodes on, off or cycle them, as `node power` (recorded as events)",
+        operations.PowerRequest,
+    ),
+    Route(
+        "GET",
+        "/api/v1/cluster/verify",
+        operations.cluster_verify,
+        "read",
+        "`cluster verify` through the inventory's store URLs and the operator certificate "
+        "(?service=, ?expect_members=, ?min_cert_days=)",
     ),
     Route(
         "GET",
@@ -210,6 +252,8 @@ def _guarded(route: Route) -> Handler:
         try:
             if route.auth != "public":
                 token = api.bearer(request)
+                if token is None and not route.mutating and SESSION_TOKEN in request.app:
+                    token = request.app[SESSION_TOKEN](request)
                 if token is None:
                     if route.auth in ADMIN_AUTH:
                         ADMIN_REFUSED.labels("missing").inc()
@@ -242,6 +286,26 @@ def _guarded(route: Route) -> Handler:
             logs.reset_context(context)
 
     return handler
+
+
+class _MalformedRequests(logging.Filter):
+    """aiohttp answers a request its parser refuses with 400, and logs it as an error
+    with a traceback: a client's mistake (or a fuzzer's) would read as a server fault.
+    Such a record is counted and logged as a one-line warning with the parser's reason;
+    every other record passes untouched."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            HTTP_MALFORMED.inc()
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = "http: malformed request refused (400): %s"
+            record.args = (" ".join(str(exc.message).split())[:200],)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+logging.getLogger("aiohttp.server").addFilter(_MalformedRequests())
 
 
 def _concerns(request: web.Request) -> dict[str, str]:

@@ -13,12 +13,15 @@ from plasmaboot.lifecycle import State
 from plasmaboot.provision import Provisioner
 from plasmaboot.web.boot import PROVISIONER
 
-SERVICES = ("dhcp", "tftp", "http")
+SERVICES = ("dhcp", "tftp", "http")  # the seeds' shape, always reported
 
 
 async def health(request: web.Request) -> web.Response:
+    """The seeds' three services, then every other one `serve` probes (the admin
+    listener); the same answer on either listener."""
     live = request.app[PROVISIONER].service_status()
     services = {name: live.get(name, "stopped") for name in SERVICES}
+    services.update((name, status) for name, status in live.items() if name not in services)
     failing = {name: s for name, s in services.items() if s not in ("running", "disabled")}
     body: dict[str, object] = {
         "status": "unhealthy" if failing else "healthy",

@@ -22,8 +22,10 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from plasmaboot.boot import paths
+from plasmaboot.lab.bmc import start_bmc
 from plasmaboot.lab.installer_image import build_installer_image, lab_ssh_key
 from plasmaboot.lab.os_image import build_os_image
 from plasmaboot.lab.runner import Lab
@@ -38,11 +40,13 @@ NAMES = ["node01", "node02", "node03", "node04"]
 CHAIN_TIMEOUT_S = 1500
 REBOOT_TIMEOUT_S = 600
 MARKERS = "/var/lib/first-boot-automation"
+BMC_PORT = 17643
+BMC_USER, BMC_PASSWORD = "pblab", "pbLabBmcS3cret"
 ANSI = re.compile(r"\x1b\[[0-9;=?]*[A-Za-z]")
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.timeout(CHAIN_TIMEOUT_S + 900),
+    pytest.mark.timeout(2 * CHAIN_TIMEOUT_S + 900),
     pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root for namespaces and taps"),
     pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="QEMU not installed"),
 ]
@@ -134,6 +138,8 @@ def test_four_machines_install_boot_from_disk_and_form_a_cluster(tmp_path: Path)
 
         host_sees_the_cluster(lab, tmp_path)
         node04_reboots_from_its_disk(lab)
+        node04_is_reprovisioned(lab, tmp_path)
+        host_sees_the_cluster(lab, tmp_path)
     finally:
         lab.down()
         assert not lab.network.exists()
@@ -213,3 +219,37 @@ def node04_reboots_from_its_disk(lab: Lab) -> None:
     after = lab.event_records("node04")[events_before:]
     assert [e.event for e in after if e.to_state != e.from_state] == [], after
     assert next(n for n in lab.nodes() if n.hostname == "node04").state is State.ACTIVE
+
+
+def node04_is_reprovisioned(lab: Lab, tmp_path: Path) -> None:
+    """`plasmaboot node reprovision node04` through a real IPMI BMC (ipmi_sim, its chassis
+    wired to the VM): node04 leaves the etcd cluster, netboots, is installed onto its disk
+    again, boots it and joins again. The CLI runs in the lab's namespace, where it reaches
+    both the BMC and the cluster, as an operator's would on the provisioning network."""
+    doc = yaml.safe_load(CHAIN.read_text())
+    node04 = next(n for n in doc["nodes"] if n["hostname"] == "node04")
+    node04["bmc"] = {"address": "127.0.0.1", "port": BMC_PORT, "driver": "ipmi",
+                     "username": BMC_USER, "password_env": "PB_LAB_BMC_PASSWORD"}  # fmt: skip
+    config = tmp_path / "cluster-with-bmc.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    events_before = len(lab.event_records("node04"))
+    bmc = start_bmc(lab, "node04", BMC_PORT, BMC_USER, BMC_PASSWORD, in_lab=True)
+    try:
+        argv = [sys.executable, "-m", "plasmaboot", "node", "reprovision", "node04",
+                "-c", str(config), "--state-dir", str(lab.state_dir),
+                "--watch", str(CHAIN_TIMEOUT_S)]  # fmt: skip
+        env = {**os.environ, "PB_LAB_BMC_PASSWORD": BMC_PASSWORD}
+        done = subprocess.run(lab.network.exec_argv(*argv), capture_output=True, text=True,
+                              env=env, timeout=CHAIN_TIMEOUT_S + 120)  # fmt: skip
+    finally:
+        bmc.terminate()
+        bmc.wait(10)
+    print(done.stdout[-2000:])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + explain(lab)
+    assert BMC_PASSWORD not in done.stdout + done.stderr
+    after = lab.event_records("node04")[events_before:]
+    left = next(e for e in after if e.event == "left-cluster")
+    assert left.detail["services"], left.detail
+    moves = [(e.from_state, e.to_state, e.event) for e in after if e.to_state != e.from_state]
+    assert moves[0][2] == "reprovision", moves
+    assert [m[1:] for m in moves[-len(SEQUENCE) + 1 :]] == [s[1:] for s in SEQUENCE[1:]], moves

@@ -61,8 +61,14 @@ fi
 """
 
 
-def start_bmc(lab: Lab, node: str, port: int, user: str, password: str) -> subprocess.Popen[bytes]:
-    """Start ipmi_sim for `node` on 127.0.0.1:`port`; the caller stops it (terminate)."""
+def start_bmc(
+    lab: Lab, node: str, port: int, user: str, password: str, *, in_lab: bool = False
+) -> subprocess.Popen[bytes]:
+    """Start ipmi_sim for `node` on 127.0.0.1:`port`; the caller stops it (terminate).
+
+    `in_lab`: on the loopback of the lab's namespace instead of the host's, for a CLI that
+    runs there because it must also reach the lab's cluster (reprovision leaves it first).
+    """
     binary = shutil.which("ipmi_sim")
     if binary is None:
         raise LabError("ipmi_sim is missing: apt-get install openipmi")
@@ -77,8 +83,9 @@ def start_bmc(lab: Lab, node: str, port: int, user: str, password: str) -> subpr
     )
     (base / "sim.emu").write_text(EMU_COMMANDS)
     log = (base / "ipmi_sim.log").open("ab")
+    argv = [binary, "-c", "lan.conf", "-f", "sim.emu", "-s", "state", "-n"]
     proc = subprocess.Popen(
-        [binary, "-c", "lan.conf", "-f", "sim.emu", "-s", "state", "-n"],
+        lab.network.exec_argv(*argv) if in_lab else argv,
         cwd=base, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     time.sleep(0.5)

@@ -11,6 +11,7 @@ import copy
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import yaml
 from plasmaboot.inventory import Inventory, parse_inventory
 from plasmaboot.lifecycle import Event, IllegalTransition, State
 from plasmaboot.provision.tokens import AgentTokens, signing_key
-from plasmaboot.store import Lease, LeaseConflict, Store, Token, UnknownNode
+from plasmaboot.store import Lease, LeaseConflict, ServerHeartbeat, Store, Token, UnknownNode
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -358,6 +359,13 @@ class StoreContract:
         assert store.delete_lease("10.77.0.100", expires_at=2000.0)
         assert store.leases() == [] and not store.delete_lease("10.77.0.100")
 
+    def test_leases_at_reads_the_named_addresses(self, store: Store) -> None:
+        rows = [bound(f"10.77.0.{100 + i}", f"01:{i:02x}", f"52:54:00:00:00:{i:02x}")
+                for i in range(3)]  # fmt: skip
+        store.save_leases(rows)
+        assert store.leases_at(["10.77.0.102", "10.77.0.100", "10.77.0.200"]) == [rows[0], rows[2]]
+        assert store.leases_at([]) == []
+
     # ---- secrets and tokens ------------------------------------------------------------
 
     def test_a_secret_is_made_once_and_every_connection_gets_it(
@@ -424,3 +432,38 @@ class StoreContract:
         assert store.list_tokens([]) == [] and store.list_tokens(["nothing"]) == []
         store.revoke_tokens("admin:ci")
         assert [t.token_hash for t in store.list_tokens(["admin-write"])] == []
+
+    # ---- provisioning servers ----------------------------------------------------------
+
+    def test_a_servers_heartbeat_is_one_row_aged_by_the_store(
+        self, store: Store, open_store: OpenStore
+    ) -> None:
+        one = heartbeat("a1", "pxe-b", services={"dhcp": "running", "tftp": "running"})
+        two = heartbeat("b2", "pxe-a")
+        assert store.servers() == []
+        before = time.time()
+        store.save_server(one)
+        store.save_server(two)
+        store.save_server(replace(one, services={"dhcp": "running", "tftp": "failed"}))
+        rows = store.servers()
+        assert [r.heartbeat.server_id for r in rows] == ["b2", "a1"], "by name, one row each"
+        assert rows[1].heartbeat == replace(one, services={"dhcp": "running", "tftp": "failed"})
+        assert all(before - 1 <= r.last_seen <= time.time() + 1 for r in rows)
+        time.sleep(0.3)
+        other = open_store()  # another server reading the shared registry
+        try:
+            aged = {r.heartbeat.server_id: r for r in other.servers()}
+            assert aged["a1"].age_s >= 0.3 and aged["a1"].heartbeat == rows[1].heartbeat
+            other.save_server(replace(two, stopped=True))
+        finally:
+            other.close()
+        again = {r.heartbeat.server_id: r for r in store.servers()}
+        assert again["b2"].heartbeat.stopped and again["b2"].age_s < 0.3
+        assert not again["a1"].heartbeat.stopped
+
+
+def heartbeat(server_id: str, name: str, services: dict[str, str] | None = None) -> ServerHeartbeat:
+    return ServerHeartbeat(
+        server_id, name, f"http://{name}:8080", f"https://{name}:8443", "0.1.0",
+        1000.0, 5.0, services or {"http": "running"},
+    )  # fmt: skip

@@ -35,7 +35,8 @@ from plasmaboot.lab.cli import app as lab_app
 from plasmaboot.operations import cli as operations_cli
 from plasmaboot.operations.cli import operator
 from plasmaboot.operations.client import OperatorClient
-from plasmaboot.operations.day2_cli import DAY2_COMMANDS
+from plasmaboot.operations.day2_cli import JOB_COMMANDS
+from plasmaboot.operations.day2_cli import rollout as rollout_command
 from plasmaboot.pki.cli import app as pki_app
 from plasmaboot.render.cli import render_command
 from plasmaboot.serve.cli import app as admin_app
@@ -53,9 +54,9 @@ app.add_typer(cluster_app, name="cluster", help="Operator checks of the running 
 app.add_typer(admin_app, name="admin", help="The admin API: scoped tokens.")
 app.command("render")(render_command)
 app.command("firstboot")(firstboot_command)
-app.command("rollout")(operations_cli.rollout)
+app.command("rollout")(rollout_command)
 app.command("watch")(watch_command)
-for _command in (*operations_cli.NODE_COMMANDS, *DAY2_COMMANDS):
+for _command in (*operations_cli.NODE_COMMANDS, *JOB_COMMANDS):
     node_app.command(_command.__name__)(_command)
 
 

@@ -1,7 +1,8 @@
 """Two real `plasmaboot serve` processes on one real PostgreSQL, one segment: real DHCP
 clients (udhcpc, dhclient) hear both servers at once, and no address is ever bound to
 two clients, neither in the database nor in the clients' leases; a boot token one server
-hands out is exchanged at the other.
+hands out is exchanged at the other; each server's admin API lists both servers and their
+health, a killed one turns stale within the documented time, a stopped one says so.
 
 Topology: a switch namespace with a bridge; each server in a namespace of its own on a
 veth plugged into it (its own inventory file: the same fleet, its own server address);
@@ -15,8 +16,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -37,6 +40,10 @@ from test_store_postgres import (
     pg_server,  # noqa: F401  (fixture)
 )
 from test_store_postgres import Server as PgServer
+
+from plasmaboot.provision.admin_tokens import AdminTokens, Scope
+from plasmaboot.provision.servers import HEARTBEAT_S, STALE_AFTER_PERIODS, status_of
+from plasmaboot.store.postgres import PostgresStore
 
 pytestmark = pytest.mark.integration
 
@@ -282,3 +289,67 @@ def test_a_boot_token_from_one_server_is_exchanged_at_the_other(
         "--data", json.dumps({"mac": KNOWN_MAC}), lookup.replace(two, one),
     )  # fmt: skip
     assert status in (401, 409), body
+
+
+def test_each_server_lists_both_and_a_killed_one_turns_stale(
+    namespaces: Namespaces,
+    serve_procs: list[subprocess.Popen[bytes]],
+    tmp_path: Path,
+    store_url: str,
+) -> None:
+    require_root_and("curl")
+    _, logs = start_fleet(namespaces, serve_procs, tmp_path, store_url)
+    store = PostgresStore(store_url)
+    header = tmp_path / "auth.header"  # the token by file, never on a command line
+    header.write_text(f"Authorization: Bearer {AdminTokens(store).create('fleet', Scope.READ)}\n")
+    boot = [f"http://{ip}:{HTTP_PORT}" for ip in SERVER_IPS]
+
+    def servers(i: int) -> dict[str, dict[str, object]]:
+        """Server i's GET /api/v1/servers (its admin listener, in its namespace), by boot URL."""
+        status, body = curl(
+            namespaces, f"pbds{i}{namespaces.tag}", "--cacert",
+            str(tmp_path / f"state-{i}/pki/ca.crt"), "-H", f"@{header}",
+            "https://127.0.0.1:8443/api/v1/servers",
+        )  # fmt: skip
+        assert status == 200, body
+        return {str(s["boot_url"]): s for s in json.loads(body)}
+
+    def both_healthy_in_both() -> bool:
+        views = [servers(0), servers(1)]
+        return all(
+            set(view) == set(boot) and all(s["status"] == "running" and s["healthy"]
+                                           for s in view.values())
+            for view in views
+        )  # fmt: skip
+
+    assert wait_for(both_healthy_in_both, 20, every=0.5), (
+        servers(0), "\n".join(log.read_text()[-3000:] for log in logs)
+    )  # fmt: skip
+    for i in (0, 1):
+        view = servers(i)
+        me, other = view[boot[i]], view[boot[1 - i]]
+        assert me["this"] is True and other["this"] is False and me["id"] != other["id"]
+        assert me["services"] == {"dhcp": "running", "tftp": "running", "http": "running",
+                                  "admin": "running"}  # fmt: skip
+        assert me["admin_url"] == "https://127.0.0.1:8443" and me["heartbeat_s"] == HEARTBEAT_S
+
+    serve_procs[1].kill()  # kill -9: no last word
+    killed = time.monotonic()
+    at_kill = servers(0)[boot[1]]
+    assert at_kill["status"] == "running", "stale before its time"
+    # documented: stale once its last heartbeat is 3 periods old (docs/store.md, 15 s)
+    documented = STALE_AFTER_PERIODS * HEARTBEAT_S
+    due = documented - float(str(at_kill["seen_s_ago"]))  # after the kill
+    assert wait_for(lambda: servers(0)[boot[1]]["status"] == "stale", documented + 5, every=0.5)
+    took = time.monotonic() - killed
+    print(f"killed server read stale {took:.1f} s after the kill (due after {due:.1f} s; "
+          f"documented: {documented:.0f} s after its last heartbeat)")  # fmt: skip
+    assert due - 1 <= took <= due + 2, f"stale after {took:.1f} s, due after {due:.1f} s"
+    survivor = servers(0)[boot[0]]
+    assert survivor["status"] == "running" and survivor["healthy"] is True
+
+    serve_procs[0].send_signal(signal.SIGTERM)  # a clean stop marks itself stopped
+    assert serve_procs[0].wait(timeout=20) == 0
+    rows = {r.heartbeat.boot_url: r for r in store.servers()}
+    assert status_of(rows[boot[0]]) == "stopped" and status_of(rows[boot[1]]) == "stale"
+    store.close()

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,10 +97,16 @@ def make_driver(
 
 @pytest.fixture(scope="module")
 def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
+    with running_sim(tmp_path_factory.mktemp("pbp-ipmi")) as sim:
+        yield sim
+
+
+@contextmanager
+def running_sim(base: Path, port: int = SIM_PORT) -> Iterator[Machine]:
+    """ipmi_sim answering on 127.0.0.1:`port`, its files in `base`."""
     binary = shutil.which("ipmi_sim")
     if binary is None:
         pytest.skip("ipmi_sim not installed (Debian package openipmi)")
-    base = tmp_path_factory.mktemp("pbp-ipmi")
     machine_dir = base / "machine"
     machine_dir.mkdir()
     (base / "state").mkdir()
@@ -107,7 +114,7 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
     chassis.write_text(CHASSIS_PROGRAM.format(machine=machine_dir))
     chassis.chmod(0o755)
     (base / "lan.conf").write_text(
-        LAN_CONF.format(name="pbpsim", port=SIM_PORT, chassis=chassis, user=USER, password=PASSWORD)
+        LAN_CONF.format(name="pbpsim", port=port, chassis=chassis, user=USER, password=PASSWORD)
     )
     (base / "sim.emu").write_text(EMU_COMMANDS)
     log = (base / "ipmi_sim.log").open("wb")
@@ -119,7 +126,7 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
         stdin=subprocess.DEVNULL,
     )
     try:
-        wait_until_answering()
+        wait_until_answering(port)
         yield Machine(machine_dir)
     finally:
         sim.terminate()
@@ -131,14 +138,14 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
         log.close()
 
 
-def wait_until_answering() -> None:
+def wait_until_answering(port: int = SIM_PORT) -> None:
     from pyghmi.ipmi import command
 
     deadline = time.monotonic() + 10
     while True:
         try:
             command.Command(
-                bmc="127.0.0.1", userid=USER.encode(), password=PASSWORD.encode(), port=SIM_PORT
+                bmc="127.0.0.1", userid=USER.encode(), password=PASSWORD.encode(), port=port
             ).get_power()
             return
         except Exception:

@@ -93,6 +93,15 @@ class Site:
         shown = self.local("node", "show", hostname, "--json")
         return str(json.loads(shown.stdout)["state"])
 
+    def make_tokens(self) -> None:
+        """A private token file of each scope, made on the server."""
+        for scope in ("read", "write"):
+            made = self.local("admin", "token", "create", "--name", f"laptop-{scope}",
+                              "--scope", scope)  # fmt: skip
+            assert made.returncode == 0, made.stderr
+            self.token_file(scope).write_text(made.stdout)
+            self.token_file(scope).chmod(0o600)
+
 
 @pytest.fixture(scope="module")
 def site(
@@ -108,21 +117,23 @@ def site(
         server = ServeProcess.start(state, config=config)
     site = Site(server, config, state, home)
     try:
-        for scope in ("read", "write"):
-            made = site.local("admin", "token", "create", "--name", f"laptop-{scope}",
-                              "--scope", scope)  # fmt: skip
-            assert made.returncode == 0, made.stderr
-            site.token_file(scope).write_text(made.stdout)
-            site.token_file(scope).chmod(0o600)
+        site.make_tokens()
         yield site
     finally:
         server.stop()
 
 
+def said(stderr: str) -> str:
+    """stderr without log records (JSON lines when it is not a terminal): where the server
+    runs a step, its records go to the server's log."""
+    return "".join(line for line in stderr.splitlines(keepends=True)
+                   if not line.startswith('{"timestamp"'))  # fmt: skip
+
+
 def same(remote: subprocess.CompletedProcess[str], local: subprocess.CompletedProcess[str]) -> str:
     """Both ran and said the same; what they said."""
-    assert (remote.returncode, remote.stdout, remote.stderr) == (
-        local.returncode, local.stdout, local.stderr,
+    assert (remote.returncode, remote.stdout, said(remote.stderr)) == (
+        local.returncode, local.stdout, said(local.stderr),
     ), f"remote: {remote.stdout}{remote.stderr}\nlocal: {local.stdout}{local.stderr}"  # fmt: skip
     assert "Traceback" not in remote.stderr
     return remote.stdout

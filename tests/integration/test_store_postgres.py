@@ -42,7 +42,7 @@ from plasmaboot.store import (
 )
 from plasmaboot.store.postgres import PostgresStore
 from plasmaboot.store.postgres_migrations import EVENT_LOCK, LATEST, MIGRATION_LOCK
-from store_contract import StoreContract, bound, lab
+from store_contract import StoreContract, bound, heartbeat, lab
 
 pytestmark = pytest.mark.integration
 
@@ -220,6 +220,23 @@ def test_a_newer_schema_is_refused_with_both_versions(pg_server: Server, db_url:
     message = str(caught.value)
     assert f"version {LATEST + 5}" in message and f"({LATEST})" in message
     assert "***" in message and "newer" in message
+
+
+def test_migration_from_version_2_keeps_everything_and_adds_the_server_registry(
+    db_url: str,
+) -> None:
+    old = PostgresStore(db_url, migrate_to=2)
+    old.import_inventory(lab())
+    key = old.secret("agent-token", b"k" * 32)
+    nodes, events = old.list_nodes(), old.events()
+    old.close()
+    store = PostgresStore(db_url)
+    assert store.schema_version() == LATEST >= 3
+    assert store.list_nodes() == nodes and store.events() == events
+    assert store.secret("agent-token", b"other") == key and store.servers() == []
+    store.save_server(heartbeat("s1", "pxe1"))
+    assert [r.heartbeat.name for r in store.servers()] == ["pxe1"]
+    store.close()
 
 
 def _refused(url: str, password: str) -> tuple[str, float]:

@@ -111,6 +111,20 @@ def test_refresh_adopts_other_servers_rows_and_keeps_own_offers_and_writes() -> 
     assert h.allocator.bound_to("52:54:00:ff:00:0c", h.now) is None
 
 
+def test_a_named_refresh_reads_only_the_named_addresses() -> None:
+    """What a notification names (store/changes.py): its rows are adopted, a named address
+    without a row was deleted, and an address it does not name is left alone."""
+    h = Harness()
+    first = h.dora(A_MAC).packet.yiaddr
+    second = h.dora("52:54:00:ff:00:0c").packet.yiaddr
+    h.allocator.drain_dirty()
+    h.allocator.settle([])
+    assert h.allocator.refresh([theirs(POOL[2])], h.now, only={POOL[2], first}) == 2
+    assert h.allocator.lease_of(B_MAC) == theirs(POOL[2])
+    assert h.allocator.bound_to(A_MAC, h.now) is None, "named and gone: deleted"
+    assert h.allocator.bound_to("52:54:00:ff:00:0c", h.now) == second, "not named: kept"
+
+
 def test_staggered_walks_start_apart_and_cover_the_pool() -> None:
     def allocator(seed: int) -> LeaseAllocator:
         pool = (IPv4Address("10.9.0.10"), IPv4Address("10.9.0.19"))

@@ -7,6 +7,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from plasmaboot.store import (
 )
 from plasmaboot.store.location import hide_password, is_database_url, redact_url
 from plasmaboot.store.migrations import LATEST
-from store_contract import HARDWARE, StoreContract, lab
+from store_contract import HARDWARE, StoreContract, heartbeat, lab
 
 
 class TestSqliteStore(StoreContract):
@@ -109,6 +110,24 @@ def test_migration_from_version_2_keeps_nodes_and_adds_hardware(tmp_path: Path) 
     assert node.as_json()["hardware"] == HARDWARE
 
 
+def test_migration_from_version_4_keeps_everything_and_adds_the_server_registry(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "db"
+    old = SqliteStore(path, migrate_to=4)
+    old.import_inventory(lab())
+    key = old.secret("agent-token", b"k" * 32)
+    nodes, events = old.list_nodes(), old.events()
+    old.close()
+    store = SqliteStore(path)
+    assert store.schema_version() == LATEST >= 5
+    assert store.list_nodes() == nodes and store.events() == events
+    assert store.secret("agent-token", b"other") == key and store.servers() == []
+    store.save_server(heartbeat("s1", "pxe1"))
+    assert [r.heartbeat.name for r in store.servers()] == ["pxe1"]
+    store.close()
+
+
 @pytest.mark.parametrize(
     ("url", "password", "shown"),
     [
@@ -165,3 +184,27 @@ def test_every_lease_commit_is_fsynced_before_it_returns(tmp_path: Path) -> None
     assert len(marks) == 2, lines
     synced = [line for line in lines[marks[0] : marks[1]] if "sync(" in line and "-wal>" in line]
     assert len(synced) >= 20, lines[marks[0] : marks[1]]
+
+
+async def test_an_sqlite_watch_polls_and_wakes_at_once_for_its_own_process(
+    tmp_path: Path,
+) -> None:
+    """One server per SQLite file: nothing notifies, the reader polls (store/changes.py);
+    a change its own process names (the event feed's local transitions) wakes it at once."""
+    store = SqliteStore(tmp_path / "db")
+    watch = store.watch("leases")
+    try:
+        assert not watch.live
+        started = time.monotonic()
+        assert await watch.wait_for_change(0.2) is None, "a poll: read everything"
+        assert 0.15 < time.monotonic() - started < 2
+        watch.notify(["10.77.0.100"])
+        watch.notify(["10.77.0.101"])  # names add up until the reader waits
+        started = time.monotonic()
+        assert await watch.wait_for_change(30.0) == {"10.77.0.100", "10.77.0.101"}
+        watch.notify(None)
+        assert await watch.wait_for_change(30.0) is None, "unnamed: read everything"
+        assert time.monotonic() - started < 2
+    finally:
+        watch.close()
+        store.close()

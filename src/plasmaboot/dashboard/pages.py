@@ -36,6 +36,7 @@ from plasmaboot.operations.power import PowerCommand
 from plasmaboot.provision import DeadlineReaper, Provisioner
 from plasmaboot.provision.admin_tokens import Scope
 from plasmaboot.provision.deadlines import OVERDUE_EVENT, Overdue
+from plasmaboot.provision.servers import HEARTBEAT_S, ServerView, fleet_servers
 from plasmaboot.provision.tokens import TokenRefused
 from plasmaboot.web.app import ADMIN_TOKENS, SESSION_TOKEN
 
@@ -154,7 +155,8 @@ class Dashboard:
             failed_states=sorted(s.value for s in FAILED_STATES),
             overdue_names={o.hostname for o in overdue},
             profiles=self.index.profiles(), networks=self.index.networks(),
-            states=[s.value for s in State], server=self.server(),
+            states=[s.value for s in State], servers=self.servers(), refresh_s=HEARTBEAT_S,
+            store="PostgreSQL (shared)" if self.provisioner.store.shared else "SQLite",
             stream=f"/api/v1/events/stream?after={cursor}",
             kinds=" ".join(sorted({e.value for e in Event} | set(TABLE_KINDS))),
             link=lambda **changes: "?" + urlencode(query.args(**changes)),
@@ -217,15 +219,9 @@ class Dashboard:
         now = self.index.rows
         return [o for o in self.reaper.overdue if (r := now.get(o.hostname)) and r.state is o.state]
 
-    def server(self) -> dict[str, Any]:
-        prov = self.provisioner
-        services = prov.service_status()
-        return {
-            "address": prov.settings.http_base,
-            "store": "PostgreSQL (shared)" if prov.store.shared else "SQLite",
-            "services": services,
-            "healthy": all(s in ("running", "disabled") for s in services.values()),
-        }
+    def servers(self) -> list[ServerView]:
+        """Every server on the store, from their heartbeats (this one's included)."""
+        return fleet_servers(self.provisioner.store, self.provisioner.server_id)
 
 
 def redirect(location: str) -> web.Response:

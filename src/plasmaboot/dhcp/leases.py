@@ -17,7 +17,7 @@ pool walk at its own offset so servers on one segment seldom offer the same addr
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 
@@ -181,10 +181,14 @@ class LeaseAllocator:
         ):
             self._by_key[key] = ip
 
-    def refresh(self, leases: Iterable[Lease], now: float) -> int:
+    def refresh(
+        self, leases: Iterable[Lease], now: float, *, only: Collection[IPv4Address] | None = None
+    ) -> int:
         """Adopt what the shared store holds (rows other servers wrote, renewed or released)
         for every address with no write of ours pending; our own offers (never written)
-        stay unless the store gives their address to someone else. How many changed."""
+        stay unless the store gives their address to someone else. `leases` is the whole
+        table, or (`only`) the rows of those addresses: one of them without a row was
+        deleted. How many changed."""
         seen: set[IPv4Address] = set()
         changed = 0
         for lease in leases:
@@ -200,7 +204,10 @@ class LeaseAllocator:
             changed += 1
             if not holds:
                 self._freed(ip)
-        for ip, mine in list(self._leases.items()):
+        known = list(self._leases.items()) if only is None else [
+            (ip, self._leases[ip]) for ip in only if ip in self._leases
+        ]  # fmt: skip
+        for ip, mine in known:
             if ip not in seen and ip not in self.dirty and mine.state != "offered":
                 # deleted from the store (expired rows cleaned up by an operator or a peer)
                 del self._leases[ip]

@@ -9,7 +9,8 @@ SQLite commit it would hide, and one thread keeps the store's connection single-
 The store is the authority on who holds an address (several servers may share it): a
 lease the store refuses turns its ACK into a NAK and the allocator adopts the holder; a
 write that fails sends no ACK and undoes the batch in the allocator. With a shared store
-the leases other servers wrote are read back every second.
+the leases other servers wrote are read back as soon as PostgreSQL notifies their commit
+(the rows it names), and all of them every few seconds (store/changes.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import logging
 import socket
 import time
 from collections import Counter
+from collections.abc import Collection
+from ipaddress import IPv4Address
 from typing import Any
 
 from plasmaboot import logs
@@ -40,9 +43,12 @@ from plasmaboot.store import Store
 log = logs.get_logger(__name__)
 
 NODE_REFRESH_S = 5.0
-# With a shared store: how often the leases other servers wrote are read back. A stale
-# view costs at most a refused write and a NAK, never a duplicate (the store decides).
+# With a shared store: how often the leases other servers wrote are read back while
+# notifications are down (store/changes.py). A stale view costs at most a refused write
+# and a NAK, never a duplicate (the store decides).
 LEASE_REFRESH_S = 1.0
+# After a read-back, notifications gather this long: a storm's many commits make one read.
+LEASE_SETTLE_S = 0.05
 # A DHCP client without an address broadcasts: a socket bound to one address never sees it.
 # The server listens on the wildcard, limited to its interface by SO_BINDTODEVICE, whatever
 # address the other services bind to.
@@ -369,20 +375,32 @@ class DhcpServer:
             except Exception:
                 log.exception("dhcp: node refresh failed; keeping the previous view")
 
-    def refresh_leases(self) -> int:
-        """Adopt the leases other servers sharing the store wrote (docs/store.md)."""
-        changed = self.allocator.refresh(self.store.leases(), time.time())
+    def refresh_leases(self, ips: Collection[str] | None = None) -> int:
+        """Adopt the leases other servers sharing the store wrote (docs/store.md): the
+        rows of `ips` (what a notification named), or every row."""
+        if ips is None:
+            changed = self.allocator.refresh(self.store.leases(), time.time())
+        else:
+            named = {IPv4Address(ip) for ip in ips}
+            changed = self.allocator.refresh(self.store.leases_at(ips), time.time(), only=named)
         self._counters["leases_refreshed"] += changed
         return changed
 
     async def _lease_refresh_loop(self) -> None:
-        while True:
-            await asyncio.sleep(LEASE_REFRESH_S)
-            try:
-                self.refresh_leases()
-            except Exception as exc:  # the store is down: writes fail too, nothing is ACKed
-                self._counters["lease_refresh_failures"] += 1
-                log.warning("dhcp: lease refresh failed; keeping the previous view", error=str(exc))
+        watch = self.store.watch("leases", others_only=True)  # our own are in memory
+        try:
+            while True:
+                ips = await watch.wait_for_change(LEASE_REFRESH_S)
+                try:
+                    self.refresh_leases(ips)
+                except Exception as exc:  # the store is down: writes fail too, no ACK
+                    self._counters["lease_refresh_failures"] += 1
+                    log.warning(
+                        "dhcp: lease refresh failed; keeping the previous view", error=str(exc)
+                    )
+                await asyncio.sleep(LEASE_SETTLE_S)
+        finally:
+            watch.close()
 
     def _pxe_seen(self, node: NodeView, facts: ClientFacts) -> None:
         """An enrolled (or failed) node netboots: record pxe-boot once, after the reply."""

@@ -20,7 +20,7 @@ from typing import Any
 
 from ruamel.yaml.comments import CommentedMap
 
-from plasmaboot.inventory import load_inventory, normalize_mac
+from plasmaboot.inventory import InventoryError, load_inventory, normalize_mac
 from plasmaboot.inventory.editing import InventoryFile, mac_list
 from plasmaboot.inventory.validation import free_address
 from plasmaboot.lifecycle import State
@@ -36,6 +36,16 @@ class Adoption:
     discovered_as: str  # the discovered record's name, now the node's
     entry: dict[str, Any]  # what was written into the inventory
     state: str
+    inventory: str  # the inventory file it was written into
+
+
+class InventoryRefused(OperationError):
+    """The edited inventory did not validate; nothing was written. Each problem names the
+    file and the field."""
+
+    def __init__(self, file: str, problems: list[str]) -> None:
+        super().__init__(f"{file} unchanged: {'; '.join(problems)}")
+        self.file, self.problems = file, problems
 
 
 def install_disk(hardware: dict[str, Any] | None) -> str | None:
@@ -75,9 +85,21 @@ def adopt(
     ip: str | None = None, production_ip: str | None = None, disk: str | None = None,
 ) -> Adoption:  # fmt: skip
     """Write the discovered machine with `mac` into the inventory as `hostname`, then
-    import it. Raises OperationError (nothing done) or InventoryError (the entry refused,
-    every problem named by field; nothing written)."""
+    import it. Raises OperationError (nothing done), InventoryRefused when the entry (or
+    the file) is refused, every problem named by field, nothing written."""
     record = _discovered(store, mac)
+    try:
+        return _adopt(inventory_file, store, record, hostname, profile, ip, production_ip, disk)
+    except InventoryError as exc:
+        raise InventoryRefused(
+            str(inventory_file), [p.render(exc.source) for p in exc.problems]
+        ) from None
+
+
+def _adopt(
+    inventory_file: Path, store: Store, record: NodeRecord, hostname: str, profile: str,
+    ip: str | None, production_ip: str | None, disk: str | None,
+) -> Adoption:  # fmt: skip
     inv = load_inventory(inventory_file)
     if inv.node(hostname) is not None or store.get_node(hostname) is not None:
         raise OperationError(
@@ -106,4 +128,5 @@ def adopt(
     store.import_inventory(adopted, actor=ACTOR)
     node = store.get_node(hostname)
     written = {k: (list(v) if k == "macs" else v) for k, v in entry.items()}
-    return Adoption(hostname, record.hostname, written, node.state.value if node else "?")
+    state = node.state.value if node else "?"
+    return Adoption(hostname, record.hostname, written, state, str(inventory_file))

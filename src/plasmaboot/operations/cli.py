@@ -1,15 +1,16 @@
 """CLI for the runbook's node procedures: `plasmaboot node provision|reprovision|drain|
-maintenance|activate|decommission|power` and `plasmaboot rollout`.
+maintenance|activate|decommission|power`, and what every operations command shares.
 
-The node commands act here (the store, the inventory, the BMCs of this machine) or, with
+The commands act here (the store, the inventory, the BMCs of this machine) or, with
 --server, through a server's admin API (`operator`, operations/client.py); the output is
-the same either way. `rollout` runs its commands over SSH from here: it is local only."""
+the same either way. The jobs (`rollout`, `node rollback|replace|adopt`) are in
+day2_cli.py, so that each file reads in one sitting."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -22,7 +23,6 @@ from rich.table import Table
 from plasmaboot.cli_common import (
     DEFAULT_STATE_DIR,
     CaOption,
-    ConfigOption,
     JsonOption,
     ServerOption,
     StateDirOption,
@@ -39,10 +39,9 @@ from plasmaboot.cluster.membership import (
     config_membership,
     inventory_membership,
 )
-from plasmaboot.firstboot.backends import ClusterUnreachable, MembershipError
 from plasmaboot.firstboot.config import ConfigError, load_config
 from plasmaboot.inventory import Inventory
-from plasmaboot.lifecycle import IllegalTransition, State
+from plasmaboot.lifecycle import State
 from plasmaboot.operations.client import LocalOperator, OperatorClient, RemoteOperator
 from plasmaboot.operations.nodes import (
     NodeOperations,
@@ -51,16 +50,10 @@ from plasmaboot.operations.nodes import (
     watch_states,
 )
 from plasmaboot.operations.power import DEFAULT_PARALLEL, MAX_PARALLEL, PowerCommand
-from plasmaboot.operations.procedures import REFUSALS, outcome
-from plasmaboot.operations.rollout import (
-    DEFAULT_HEALTH_COMMAND,
-    DEFAULT_UPDATE_COMMAND,
-    HealthGate,
-    Rollout,
-)
+from plasmaboot.operations.procedures import REFUSALS, Site, outcome
 from plasmaboot.provision.nodefiles import pki_dir
 from plasmaboot.remote import AdminApi, admin_token, ca_file
-from plasmaboot.store import NodeRecord, Store, StoreError, UnknownNode, open_store
+from plasmaboot.store import NodeRecord, Store, StoreError, open_store
 
 Nodes = Annotated[list[str], typer.Argument(help="Node host names.")]
 ClusterConfig = Annotated[
@@ -109,26 +102,30 @@ def _membership(inv: Inventory, state_dir: Path, cluster_config: Path | None) ->
         raise typer.Exit(1) from None
 
 
-def _operations(
-    config: Path, state_dir: Path, cluster_config: Path | None, store_at: str | None = None,
-    *, leaves_cluster: bool = False, keep_member: bool = False, force: bool = False,
-) -> NodeOperations:  # fmt: skip
+def _site(
+    config: Path, state_dir: Path, cluster_config: Path | None, store_at: str | None,
+    log: Callable[[str], None], *, leaves_cluster: bool = False, keep_member: bool = False,
+    force: bool = False,
+) -> Site:  # fmt: skip
+    """This machine as a job's Site: the inventory file, the store, the PKI, the cluster
+    membership (a running serve is the operator's to reload)."""
     inv = load_or_exit(config)
-    membership = None
-    if leaves_cluster and not keep_member:
-        membership = _membership(inv, state_dir, cluster_config)
-    try:
-        store = open_store(store_location(store_at, state_dir))
-    except StoreError as exc:
-        err.print(f"[red]store:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
-    return NodeOperations(
-        inv, store, membership=membership, keep_member=keep_member, force=force, log=_log,
+    membership = _membership(inv, state_dir, cluster_config)
+    ops = NodeOperations(
+        inv, _open_store(state_dir, store_at),
+        membership=membership if leaves_cluster and not keep_member else None,
+        keep_member=keep_member, force=force, log=log,
     )  # fmt: skip
+    return Site(ops, config, pki_dir(state_dir), membership)
 
 
 def _log(line: str) -> None:
     out.print(line, highlight=False)
+
+
+def log_to_stderr(line: str) -> None:
+    """A procedure's steps when stdout is a JSON document alone (--json)."""
+    err.print(line, markup=False, highlight=False)
 
 
 @contextmanager
@@ -136,12 +133,14 @@ def operator(
     state_dir: Path, store_at: str | None, server: str | None, token_file: Path | None,
     ca: Path | None, config: Path | None = None, *, needs_inventory: bool = True,
     cluster_config: Path | None = None, leaves_cluster: bool = False,
-    keep_member: bool = False, force: bool = False,
+    keep_member: bool = False, force: bool = False, log: Callable[[str], None] | None = None,
 ) -> Iterator[OperatorClient]:  # fmt: skip
     """Where a node command acts: with --server, that server's admin API (it uses its own
     inventory, store, BMC credentials and cluster certificate); else the store here, with
     the inventory when the command drives machines or the lifecycle. Closed after; a
-    server that cannot be used is one clear line and exit 1."""
+    server that cannot be used is one clear line and exit 1. `log` takes the procedure's
+    steps (default: stdout)."""
+    log = log or _log
     with remote_errors():
         client: OperatorClient
         if server:
@@ -156,7 +155,7 @@ def operator(
                 )  # fmt: skip
                 raise typer.Exit(2)
             api = AdminApi(server, admin_token(token_file), ca_file(ca, state_dir))
-            client = RemoteOperator(api, _log, keep_member=keep_member, force=force)
+            client = RemoteOperator(api, log, keep_member=keep_member, force=force)
         elif not needs_inventory:
             client = LocalOperator(_open_store(state_dir, store_at))
         elif config is None:
@@ -167,10 +166,10 @@ def operator(
             )  # fmt: skip
             raise typer.Exit(2)
         else:
-            ops = _operations(config, state_dir, cluster_config, store_at,
-                              leaves_cluster=leaves_cluster, keep_member=keep_member,
-                              force=force)  # fmt: skip
-            client = LocalOperator(ops.store, ops)
+            site = _site(config, state_dir, cluster_config, store_at, log,
+                         leaves_cluster=leaves_cluster, keep_member=keep_member,
+                         force=force)  # fmt: skip
+            client = LocalOperator(site.ops.store, site)
         try:
             yield client
         finally:
@@ -185,10 +184,8 @@ def _open_store(state_dir: Path, store_at: str | None) -> Store:
         raise typer.Exit(1) from None
 
 
-def _each(client: OperatorClient, nodes: list[str], procedure: str) -> None:
-    """Run one procedure per node; a refused step is a clear error and exit 1, never a
-    traceback (nodes already handled stay handled). Unknown names are refused first, all
-    at once, with the closest known names."""
+def refuse_unknown(client: OperatorClient, nodes: list[str]) -> None:
+    """Every unknown name at once, with the closest known names; nothing is done."""
     unknown = unknown_names(nodes, client.known())
     if unknown:
         err.print(
@@ -197,6 +194,12 @@ def _each(client: OperatorClient, nodes: list[str], procedure: str) -> None:
             highlight=False,
         )
         raise typer.Exit(1)
+
+
+def _each(client: OperatorClient, nodes: list[str], procedure: str) -> None:
+    """Run one procedure per node; a refused step is a clear error and exit 1, never a
+    traceback (nodes already handled stay handled). Unknown names are refused first."""
+    refuse_unknown(client, nodes)
     for name in nodes:
         try:
             client.run(procedure, name)
@@ -300,71 +303,6 @@ def decommission(
                   cluster_config=cluster_config, leaves_cluster=True,
                   keep_member=keep_member, force=force) as client:  # fmt: skip
         _each(client, nodes, "decommission")
-
-
-Health = Annotated[
-    str,
-    typer.Option(help="The node's health check, a command template ({node}, {ip}) run here."),
-]
-HealthTimeout = Annotated[float, typer.Option(help="Seconds a node has to pass the health gate.")]
-NoGate = Annotated[
-    bool,
-    typer.Option(
-        "--no-health-gate",
-        help="Skip the node health check and cluster verify (not recommended).",
-    ),
-]
-
-
-def _gate(
-    ops: NodeOperations, state_dir: Path, cluster_config: Path | None, health: str,
-    timeout: float, off: bool,
-) -> HealthGate | None:  # fmt: skip
-    """The node's health command, then `cluster verify` through the inventory's store URLs
-    (or a cluster-config.json's) when the inventory runs a store."""
-    if off:
-        return None
-    membership = _membership(ops.inventory, state_dir, cluster_config)
-
-    def cluster_check(hostname: str) -> list[str]:
-        try:
-            return membership.verify(hostname)
-        except (MembershipError, ClusterUnreachable, OSError) as error:
-            return [str(error)]
-
-    check = cluster_check if membership.services else None
-    return HealthGate(ops, health, check, timeout_s=timeout)
-
-
-def rollout(
-    nodes: Nodes, config: ConfigOption, state_dir: StateDirOption = DEFAULT_STATE_DIR,
-    command: Annotated[str, typer.Option(help="Update command template.")] = DEFAULT_UPDATE_COMMAND,
-    health: Health = DEFAULT_HEALTH_COMMAND, health_timeout: HealthTimeout = 300,
-    no_health_gate: NoGate = False, cluster_config: ClusterConfig = None,
-    timeout: Annotated[float, typer.Option(help="Seconds allowed per node update.")] = 3600,
-    store_at: StoreOption = None,
-) -> None:  # fmt: skip
-    """Runbook 7.4: update nodes one at a time; stop at the first failure.
-
-    After each node's update: its health check (default over SSH: systemctl
-    is-system-running) and `cluster verify` (one leader, every store member healthy and
-    voting), both within --health-timeout; only then the next node."""
-    ops = _operations(config, state_dir, None, store_at)
-    gate = _gate(ops, state_dir, cluster_config, health, health_timeout, no_health_gate)
-    job = Rollout(ops, command, gate, timeout_s=timeout)
-    try:
-        result = asyncio.run(job.run(nodes))
-    except (OperationError, IllegalTransition, UnknownNode) as exc:
-        err.print(f"[red]refused:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
-    out.print(f"updated: {', '.join(result.updated) or 'none'}")
-    if not result.ok:
-        err.print(
-            f"[red]stopped at {result.failed}:[/red] {result.reason}; it is left draining. "
-            f"Not started: {', '.join(result.not_started) or 'none'}",
-            highlight=False,
-        )
-        raise typer.Exit(1)
 
 
 def power(

@@ -3,9 +3,10 @@
 `LocalOperator` is the store and BMCs of this machine (`plasmaboot node ...` on the
 server, as always); `RemoteOperator` is a server's admin API (`--server URL`), which runs
 the same procedures and power calls on its own store, lifecycle service and BMC
-credentials. Both return the same types (NodeRecord, EventRecord, PowerResult), give the
-procedure's log lines to the same `log`, and raise the same refusals (OperationError,
-OperationFailed, UnknownNode), so the CLI prints one way whichever it is given.
+credentials. Both return the same types (NodeRecord, EventRecord, PowerResult, a job's
+result), give the procedure's log lines to the same `log`, and raise the same refusals
+(OperationError, OperationFailed, InventoryRefused, UnknownNode), so the CLI prints one way
+whichever it is given.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import quote
 
+from plasmaboot.operations.adopt import InventoryRefused
 from plasmaboot.operations.nodes import NodeOperations, OperationError, OperationFailed
 from plasmaboot.operations.power import PowerCommand, PowerResult, power_nodes
-from plasmaboot.operations.procedures import run_procedure
+from plasmaboot.operations.procedures import JOBS, Options, Site, run_procedure
 from plasmaboot.remote import AdminApi, Refused
 from plasmaboot.store import EventRecord, NodeRecord, Store, UnknownNode
 
@@ -28,6 +30,7 @@ class OperatorClient(Protocol):
     def events(self, hostname: str, limit: int | None = None) -> list[EventRecord]: ...
     def known(self) -> list[str]: ...  # every node name, for "no such node" checks
     def run(self, procedure: str, hostname: str) -> None: ...  # procedures.REFUSALS
+    def job(self, name: str, options: Options) -> Any: ...  # its result; REFUSALS
     def power(
         self, action: PowerCommand, hostnames: list[str], *, pxe_once: bool, parallel: int
     ) -> list[PowerResult]: ...  # OperationError: refused before any BMC was asked
@@ -35,15 +38,16 @@ class OperatorClient(Protocol):
 
 
 class LocalOperator:
-    """The store here (reads need nothing else); procedures and power also need the
-    inventory, as NodeOperations, and log as they go."""
+    """The store here (reads need nothing else); procedures, jobs and power also need the
+    inventory and the rest of a Site, and log as they go."""
 
-    def __init__(self, store: Store, ops: NodeOperations | None = None) -> None:
-        self.store, self._ops = store, ops
+    def __init__(self, store: Store, site: Site | None = None) -> None:
+        self.store, self.site = store, site
+        self._ops = site.ops if site is not None else None
 
     @property
     def ops(self) -> NodeOperations:
-        assert self._ops is not None, "procedures need the inventory: pass NodeOperations"
+        assert self._ops is not None, "procedures need the inventory: pass a Site"
         return self._ops
 
     def list_nodes(self) -> list[NodeRecord]:
@@ -65,6 +69,10 @@ class LocalOperator:
 
     def run(self, procedure: str, hostname: str) -> None:
         asyncio.run(run_procedure(self.ops, procedure, hostname))
+
+    def job(self, name: str, options: Options) -> Any:
+        assert self.site is not None, "jobs need the inventory: pass a Site"
+        return asyncio.run(JOBS[name].run(self.site, options))
 
     def power(
         self, action: PowerCommand, hostnames: list[str], *, pxe_once: bool, parallel: int
@@ -110,17 +118,29 @@ class RemoteOperator:
         return [r.hostname for r in self.list_nodes()]
 
     def run(self, procedure: str, hostname: str) -> None:
-        path = f"/api/v1/nodes/{quote(hostname, safe='')}/procedures/{procedure}"
+        self._act(f"/api/v1/nodes/{quote(hostname, safe='')}/procedures/{procedure}",
+                  self.options)  # fmt: skip
+
+    def job(self, name: str, options: Options) -> Any:
+        return JOBS[name].result(self._act(f"/api/v1/procedures/{name}", options.model_dump()))
+
+    def _act(self, path: str, body: dict[str, Any]) -> Any:
+        """Run a procedure or job there; its log lines, then its result. A refusal is the
+        procedure's own (web/operations.py `refusal`), after the lines logged until then."""
         try:
-            done = self.api.post(path, self.options)
+            done = self.api.post(path, body)
         except Refused as exc:
             for line in exc.body.get("log", []):  # what was done before the refusal
                 self.log(line)
+            if "problems" in exc.body:
+                raise InventoryRefused(exc.body["file"], exc.body["problems"]) from None
             if exc.body.get("outcome") == "failed":
                 raise OperationFailed(str(exc)) from None
-            raise OperationError(str(exc)) from None
+            fields = [f"{f['field']}: {f['problem']}" for f in exc.body.get("fields", [])]
+            raise OperationError("; ".join([str(exc), *fields])) from None
         for line in done["log"]:
             self.log(line)
+        return done.get("result")
 
     def power(
         self, action: PowerCommand, hostnames: list[str], *, pxe_once: bool, parallel: int

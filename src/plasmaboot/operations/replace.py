@@ -13,13 +13,14 @@ keyed by the host name) and gets the new machine's MACs:
    the store's MACs follow (facts a discovered record of the new machine holds go along);
 4. reissues the node certificate with the same SANs and a new key (the old key was on the
    old machine's disk), when there is one;
+   (a server reloads its inventory then, so DHCP leases the new MACs their address);
 5. moves the node back to enrolled (reprovision, or recommission when it was
    decommissioned) and provisions it the way `node provision` does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,9 @@ class Replace:
     inventory_file: Path
     pki: Path
     provision: bool = True  # False: move the identity only; `node provision` later
+    # Called once the edited inventory is in place and imported, before the certificate
+    # and the boot: a server reloads its inventory there (procedures.Site.edited).
+    edited: Callable[[], None] = lambda: None
 
     def _macs(self, hostname: str, macs: Sequence[str]) -> list[str]:
         new: list[str] = []
@@ -125,6 +129,7 @@ class Replace:
         staged.commit()
         ops.inventory = staged.inventory
         ops.store.import_inventory(staged.inventory, actor=ACTOR)
+        self.edited()
         facts = next((r.hardware for r in discovered if r.hardware), None)
         if facts is not None:  # the new machine's, reported while it was unknown
             ops.store.set_hardware(hostname, facts)

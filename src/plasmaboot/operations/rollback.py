@@ -50,6 +50,11 @@ class RollbackResult:
         return {"ok": self.ok, "nodes": [asdict(n) for n in self.nodes],
                 "not_started": self.not_started}  # fmt: skip
 
+    @classmethod
+    def from_json(cls, found: dict[str, Any]) -> RollbackResult:
+        """Again from `as_json` or `asdict` (a server's answer)."""
+        return cls([NodeRollback(**n) for n in found["nodes"]], found["not_started"])
+
 
 @dataclass
 class Rollback:

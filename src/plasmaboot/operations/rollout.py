@@ -34,6 +34,29 @@ def over_ssh(remote: str, options: Sequence[str] = ()) -> str:
     return f"{SSH}{extra} root@{{ip}} {shlex.quote(remote)}"
 
 
+# The ssh -o settings a server takes from the network (`node rollback --ssh-option` through
+# the admin API): none runs a command or reads more configuration, as ProxyCommand,
+# LocalCommand, KnownHostsCommand, Include or Match would.
+SERVER_SSH_OPTIONS = ("Port", "IdentityFile", "IdentitiesOnly", "StrictHostKeyChecking",
+                      "UserKnownHostsFile", "LogLevel", "ConnectTimeout", "ConnectionAttempts",
+                      "ServerAliveInterval", "ServerAliveCountMax")  # fmt: skip
+
+
+def ssh_options_refusal(options: Sequence[str]) -> str | None:
+    """Why a server refuses these ssh -o settings (NAME=VALUE, one of SERVER_SSH_OPTIONS,
+    no blank or control character in the value), or None."""
+    allowed = {name.lower() for name in SERVER_SSH_OPTIONS}
+    for option in options:
+        name, sep, value = option.partition("=")
+        if not sep or name.lower() not in allowed or not value.isprintable() or " " in value:
+            return (
+                f"--ssh-option {option!r} with --server: a server takes only NAME=VALUE "
+                f"settings of {', '.join(SERVER_SSH_OPTIONS)} (none runs a command); put "
+                "others in the server's SSH client configuration"
+            )
+    return None
+
+
 def variables(ops: NodeOperations, hostname: str) -> dict[str, str]:
     """What a rollout, health or rollback command template may name."""
     node = ops._spec(hostname)

@@ -30,6 +30,9 @@ class ProvisionerSettings:
     # The lab's busybox miniature has no real disk OS: "boot from disk" boots the lab
     # image again in first-boot mode.
     simulate_disk_boot: bool = False
+    # The inventory file `serve` loaded: `node adopt` and `node replace` through the admin
+    # API edit it (then reload it). None: no file to edit (the tests' in-process apps).
+    inventory_file: Path | None = None
 
 
 @dataclass
@@ -47,6 +50,9 @@ class Provisioner:
     # tests' in-process apps): whoever asks gets it (docs/api.md, "Tokens").
     lease_address: Callable[[str], str | None] | None = None
     discovery: DiscoveryLimiter = field(default_factory=DiscoveryLimiter)
+    # This server's id in the store's server registry (provision/servers.py); set by
+    # serve, None where no heartbeat is written (the tests' in-process apps).
+    server_id: str | None = None
 
     def __post_init__(self) -> None:
         self.lifecycle = LifecycleService(self.store)

@@ -81,6 +81,14 @@ def _ensure(pki: Path, inv: Inventory, address: str) -> NodeCertPaths:
     return issue_server_cert(pki, CERT_NAME, dns, ips)
 
 
+def admin_url(inv: Inventory, address: str, port: int) -> str:
+    """The admin listener's URL as other servers' dashboards show it: its address, or the
+    provisioning address (in the certificate) when it listens on every address."""
+    ip = ipaddress.ip_address(address)
+    host = str(inv.server.provisioning_ip) if ip.is_unspecified else str(ip)
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+
+
 def server_context(paths: NodeCertPaths) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2

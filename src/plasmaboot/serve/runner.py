@@ -1,8 +1,10 @@
 """`plasmaboot serve`: DHCP + TFTP + HTTP in one asyncio loop over one store.
 
 Start order is store -> HTTP -> TFTP -> DHCP, so by the time a machine is told where to
-boot, everything it will ask for is already answering. SIGTERM stops them in reverse
-(DHCP first: no new machines are sent to a server that is going away) and flushes leases.
+boot, everything it will ask for is already answering; then the server's heartbeat
+joins the store's server registry (provision/servers.py). SIGTERM marks it stopped there
+first, then stops the services in reverse (DHCP first: no new machines are sent to a
+server that is going away) and flushes leases.
 SIGHUP reloads the inventory; an invalid one is refused with every problem logged and the
 running one kept (Cobbler's lesson: never restart into a broken config).
 """
@@ -23,7 +25,13 @@ from plasmaboot.dhcp.server import DhcpServer
 from plasmaboot.install.driver import InstallDriver
 from plasmaboot.inventory import Inventory, InventoryError, load_inventory
 from plasmaboot.provision import DeadlineReaper, Provisioner, ProvisionerSettings
-from plasmaboot.serve.admin import ensure_admin_certificate, server_context, static_admin_token
+from plasmaboot.provision.servers import Heartbeat, local_heartbeat
+from plasmaboot.serve.admin import (
+    admin_url,
+    ensure_admin_certificate,
+    server_context,
+    static_admin_token,
+)
 from plasmaboot.serve.health import HealthProber, Probe, dhcp_probe, http_probe, tftp_probe
 from plasmaboot.serve.loop_thread import LoopThread
 from plasmaboot.store import StoreError, open_store
@@ -93,6 +101,7 @@ class ProvisioningServer:
             tftp_root=options.tftp_root,
             http_base=inv.server.http_base(http_port),
             simulate_disk_boot=options.simulate_disk_boot,
+            inventory_file=options.config,
         )
         self.provisioner = Provisioner(inv, self.store, settings)
         self.installer = InstallDriver(self.provisioner)
@@ -113,6 +122,12 @@ class ProvisioningServer:
         self.admin_port = options.admin_port or inv.server.admin.port
         self.health: HealthProber | None = None
         self.reaper = DeadlineReaper(self.provisioner)
+        # This server's row in the store's server registry (provision/servers.py).
+        self.identity = local_heartbeat(
+            options.state_dir, settings.http_base, admin_url(inv, self.admin_bind, self.admin_port)
+        )
+        self.provisioner.server_id = self.identity.server_id
+        self.heartbeat: Heartbeat | None = None
 
     def reload(self) -> list[str]:
         """Swap in the inventory file's current content, or keep the running one."""
@@ -196,6 +211,9 @@ class ProvisioningServer:
         self.health.publish(self.provisioner.probes)
         self.health.start()
         self.reaper.start()  # deadlines of the states that wait for the machine
+        # every server of the store sees this one, and its health (GET /api/v1/servers)
+        self.heartbeat = Heartbeat(self.store, self.identity, self.provisioner.service_status)
+        self.heartbeat.start()
         tftp_on = f" on {self.interface}" if self.interface else ""
         dhcp = (
             f"on {self.interface} port {self.dhcp.port} (every address of the interface: "
@@ -211,6 +229,8 @@ class ProvisioningServer:
         )
 
     async def stop(self) -> None:
+        if self.heartbeat is not None:  # first: the others see "stopped", not failing services
+            await self.heartbeat.stop()
         await self.reaper.stop()
         if self.health is not None:
             await self.health.stop()

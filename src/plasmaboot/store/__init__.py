@@ -1,4 +1,4 @@
-"""Persistence: nodes, lifecycle events, leases and agent tokens."""
+"""Persistence: nodes, lifecycle events, leases, agent tokens and the provisioning servers."""
 
 import sqlite3
 from pathlib import Path
@@ -10,6 +10,8 @@ from plasmaboot.store.base import (
     LeaseConflict,
     NodeRecord,
     SchemaTooNew,
+    ServerHeartbeat,
+    ServerRecord,
     Store,
     StoreError,
     StoreUnavailable,
@@ -45,6 +47,8 @@ __all__ = [
     "LeaseConflict",
     "NodeRecord",
     "SchemaTooNew",
+    "ServerHeartbeat",
+    "ServerRecord",
     "SqliteStore",
     "Store",
     "StoreError",

@@ -9,12 +9,14 @@ transaction, serialised by the database (never by a process's memory).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
 from plasmaboot.inventory.models import Inventory
 from plasmaboot.lifecycle import Event, State
+from plasmaboot.store.changes import ChangeWatch, Topic
 
 LeaseState = Literal["offered", "bound", "declined", "released"]
 
@@ -103,6 +105,43 @@ class Token:
                    row["expires_at"], row["used_at"])  # fmt: skip
 
 
+@dataclass(frozen=True)
+class ServerHeartbeat:
+    """What a running `serve` writes about itself every period (provision/servers.py)."""
+
+    server_id: str  # kept in its state directory: the same across restarts
+    name: str  # the host's name
+    boot_url: str  # where its nodes boot from (server.provisioning_ip, http port)
+    admin_url: str  # its admin listener (dashboard, admin API)
+    version: str
+    started_at: float
+    period_s: float  # how often it writes: a reader judges staleness by it
+    services: dict[str, str]  # service -> running | disabled | failed, as its /health says
+    stopped: bool = False  # its last row, written by a clean stop
+
+
+@dataclass(frozen=True)
+class ServerRecord:
+    """A server's last heartbeat as the store holds it, timed by the store's own clock
+    (the database's with PostgreSQL), so hosts whose clocks differ never disagree on it."""
+
+    heartbeat: ServerHeartbeat
+    last_seen: float  # when the store wrote it
+    age_s: float  # seconds since then, at the read
+
+    @classmethod
+    def from_row(cls, row: Any) -> ServerRecord:
+        """From a `servers` row of either store, read with an `age_s` column."""
+        services = row["services"]  # SQLite: JSON text; PostgreSQL: decoded JSONB
+        heartbeat = ServerHeartbeat(
+            row["server_id"], row["name"], row["boot_url"], row["admin_url"], row["version"],
+            row["started_at"], row["period_s"],
+            json.loads(services) if isinstance(services, str) else services,
+            bool(row["stopped"]),
+        )  # fmt: skip
+        return cls(heartbeat, row["last_seen"], row["age_s"])
+
+
 @dataclass
 class ImportResult:
     added: list[str] = field(default_factory=list)
@@ -150,6 +189,13 @@ class Store(Protocol):
 
     def close(self) -> None: ...
     def schema_version(self) -> int: ...
+
+    # following the store (store/changes.py)
+    def watch(self, topic: Topic, *, others_only: bool = False) -> ChangeWatch:
+        """A wake-up for a reader that follows `topic` (call it on the loop that waits):
+        PostgreSQL wakes it when any server's write commits (`others_only`: not this
+        store object's own, for a reader that holds what it wrote), SQLite every poll."""
+        ...
 
     # nodes and lifecycle
     def import_inventory(self, inv: Inventory, actor: str = "inventory") -> ImportResult: ...
@@ -205,6 +251,10 @@ class Store(Protocol):
 
     # leases: the address is the primary key; the database refuses double binding
     def leases(self) -> list[Lease]: ...
+    def leases_at(self, ips: Collection[str]) -> list[Lease]:
+        """The rows of these addresses (those a notification named); absent: none."""
+        ...
+
     def save_leases(self, leases: Iterable[Lease]) -> list[LeaseConflict]:
         """Write a batch of leases in one transaction; return the ones refused, in order.
 
@@ -225,6 +275,17 @@ class Store(Protocol):
     def delete_lease(self, ip: str, *, expires_at: float | None = None) -> bool:
         """Delete the lease row of `ip`; with `expires_at`, only if the row still has the
         expiry the caller read (another server may have renewed it since). True if deleted."""
+        ...
+
+    # provisioning servers: each running `serve`'s heartbeat (provision/servers.py)
+    def save_server(self, heartbeat: ServerHeartbeat) -> None:
+        """Insert or replace the row of `heartbeat.server_id`, stamping `last_seen` with
+        the store's clock."""
+        ...
+
+    def servers(self) -> list[ServerRecord]:
+        """Every server that has written a heartbeat, by name then id, each with its age
+        measured by the clock that stamped it."""
         ...
 
     def secret(self, name: str, candidate: bytes) -> bytes:

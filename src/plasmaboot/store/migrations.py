@@ -75,6 +75,21 @@ MIGRATIONS: tuple[str, ...] = (
         created_at REAL NOT NULL
     );
     """,
+    # 5: the provisioning servers' heartbeats (provision/servers.py).
+    """
+    CREATE TABLE servers (
+        server_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        boot_url TEXT NOT NULL,
+        admin_url TEXT NOT NULL,
+        version TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        period_s REAL NOT NULL,
+        services TEXT NOT NULL DEFAULT '{}',
+        stopped INTEGER NOT NULL DEFAULT 0,
+        last_seen REAL NOT NULL
+    );
+    """,
 )
 
 LATEST = len(MIGRATIONS)

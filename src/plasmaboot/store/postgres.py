@@ -13,6 +13,9 @@ memory could not guarantee, the database does:
   the address is the primary key, and of two servers racing for it exactly one writes;
 - tokens live in the database, so a token one server issued is accepted (once) by all,
   and so does the key boot tokens are signed with (`secret`, inserted once).
+- every transaction that writes events or leases also notifies (pg_notify, sent only
+  on commit), so every server's event stream and lease view hear of it at once
+  (postgres_listener.py; SQLite's readers poll instead).
 """
 
 from __future__ import annotations
@@ -36,11 +39,15 @@ from plasmaboot.store.base import (
     Lease,
     LeaseConflict,
     NodeRecord,
+    ServerHeartbeat,
+    ServerRecord,
     StoreUnavailable,
     Token,
     UnknownNode,
 )
+from plasmaboot.store.changes import ChangeWatch, Topic
 from plasmaboot.store.location import hide_password, redact_url
+from plasmaboot.store.postgres_listener import ChangeListener, new_origin, notify
 from plasmaboot.store.postgres_migrations import EVENT_LOCK, LATEST, current_version, migrate
 
 Conn = psycopg.Connection[DictRow]
@@ -88,12 +95,24 @@ class PostgresStore:
             raise StoreUnavailable(
                 f"cannot use the store {self.url}: {_reason(exc, url)}"
             ) from None
+        # Live updates (LISTEN/NOTIFY, postgres_listener.py): listening starts at the
+        # first `watch`; writes name this store object as their origin.
+        self._origin = new_origin()
+        self._listener = ChangeListener(
+            url, options, shown=self.url, origin=self._origin, reason=lambda e: _reason(e, url)
+        )
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.url})"
 
     def close(self) -> None:
+        self._listener.close()
         self._pool.close()
+
+    def watch(self, topic: Topic, *, others_only: bool = False) -> ChangeWatch:
+        """Woken when a transaction of any server (`others_only`: of any other store
+        object) that wrote to `topic` commits; see store/changes.py."""
+        return self._listener.watch(topic, others_only=others_only)
 
     def schema_version(self) -> int:
         with self._pool.connection() as conn:
@@ -105,6 +124,7 @@ class PostgresStore:
         with self._pool.connection() as conn, conn.transaction():
             if events:
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (EVENT_LOCK,))
+                notify(conn, "events", self._origin, ())  # readers page from their cursor
             yield conn
 
     # ---- nodes -----------------------------------------------------------------
@@ -430,6 +450,13 @@ class PostgresStore:
             rows = conn.execute("SELECT * FROM leases ORDER BY ip").fetchall()
         return [self._lease(r) for r in rows]
 
+    def leases_at(self, ips: Collection[str]) -> list[Lease]:
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT * FROM leases WHERE ip = ANY(%s) ORDER BY ip", (list(ips),)
+            ).fetchall()
+        return [self._lease(r) for r in rows]
+
     def save_leases(self, leases: Iterable[Lease]) -> list[LeaseConflict]:
         """Write a batch of leases in one transaction (one round trip: pipelined); the
         ones refused because another client holds the address come back."""
@@ -440,12 +467,14 @@ class PostgresStore:
         refused: list[Lease] = []
         with self._tx() as conn:
             cur = conn.cursor()
-            cur.executemany(
-                self._SAVE_LEASE_SQL,
-                [(le.ip, le.client_key, le.mac, le.state, le.expires_at, le.hostname, now)
-                 for le in batch],
-                returning=True,
-            )  # fmt: skip
+            with conn.pipeline():  # the notification (sent on commit) in the same round trip
+                notify(conn, "leases", self._origin, sorted({le.ip for le in batch}))
+                cur.executemany(
+                    self._SAVE_LEASE_SQL,
+                    [(le.ip, le.client_key, le.mac, le.state, le.expires_at, le.hostname, now)
+                     for le in batch],
+                    returning=True,
+                )  # fmt: skip
             for le in batch:
                 if cur.fetchone() is None:
                     refused.append(le)
@@ -466,6 +495,8 @@ class PostgresStore:
                 cur = conn.execute(
                     "DELETE FROM leases WHERE ip = %s AND expires_at = %s", (ip, expires_at)
                 )
+            if cur.rowcount == 1:
+                notify(conn, "leases", self._origin, [ip])
             return cur.rowcount == 1
 
     # ---- secrets and tokens ----------------------------------------------------
@@ -530,3 +561,31 @@ class PostgresStore:
                 (wanted,),
             ).fetchall()
         return [Token.from_row(r) for r in rows]
+
+    # ---- provisioning servers ----------------------------------------------------
+
+    # The database's clock stamps and ages every heartbeat: one clock for every server.
+    _NOW = "extract(epoch FROM clock_timestamp())::double precision"
+
+    def save_server(self, heartbeat: ServerHeartbeat) -> None:
+        hb = heartbeat
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO servers (server_id, name, boot_url, admin_url, version, "
+                "started_at, period_s, services, stopped, last_seen) "
+                f"VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, {self._NOW}) "
+                "ON CONFLICT (server_id) DO UPDATE SET "
+                "name = excluded.name, boot_url = excluded.boot_url, "
+                "admin_url = excluded.admin_url, version = excluded.version, "
+                "started_at = excluded.started_at, period_s = excluded.period_s, "
+                "services = excluded.services, stopped = excluded.stopped, "
+                "last_seen = excluded.last_seen",
+                (hb.server_id, hb.name, hb.boot_url, hb.admin_url, hb.version, hb.started_at,
+                 hb.period_s, Jsonb(hb.services), hb.stopped),
+            )  # fmt: skip
+
+    def servers(self) -> list[ServerRecord]:
+        with self._pool.connection() as conn:
+            age = f"{self._NOW} - last_seen AS age_s"
+            rows = conn.execute(f"SELECT *, {age} FROM servers ORDER BY name, server_id").fetchall()
+        return [ServerRecord.from_row(r) for r in rows]

@@ -82,6 +82,22 @@ MIGRATIONS: tuple[str, ...] = (
         created_at DOUBLE PRECISION NOT NULL
     );
     """,
+    # 3: the provisioning servers' heartbeats (provision/servers.py); `last_seen` is the
+    # database's clock, so servers on hosts whose clocks differ are judged alike.
+    """
+    CREATE TABLE servers (
+        server_id TEXT COLLATE "C" PRIMARY KEY,
+        name TEXT COLLATE "C" NOT NULL,
+        boot_url TEXT NOT NULL,
+        admin_url TEXT NOT NULL,
+        version TEXT NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL,
+        period_s DOUBLE PRECISION NOT NULL,
+        services JSONB NOT NULL DEFAULT '{}',
+        stopped BOOLEAN NOT NULL DEFAULT FALSE,
+        last_seen DOUBLE PRECISION NOT NULL
+    );
+    """,
 )
 
 LATEST = len(MIGRATIONS)

@@ -25,9 +25,12 @@ from plasmaboot.store.base import (
     Lease,
     LeaseConflict,
     NodeRecord,
+    ServerHeartbeat,
+    ServerRecord,
     Token,
     UnknownNode,
 )
+from plasmaboot.store.changes import ChangeWatch, Topic
 from plasmaboot.store.migrations import migrate
 
 DB_NAME = "plasmaboot.db"
@@ -61,6 +64,10 @@ class SqliteStore:
 
     def close(self) -> None:
         self._conn.close()
+
+    def watch(self, topic: Topic, *, others_only: bool = False) -> ChangeWatch:
+        """Never notified: one server per file, so its readers poll (store/changes.py)."""
+        return ChangeWatch(topic)
 
     def schema_version(self) -> int:
         return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
@@ -405,6 +412,13 @@ class SqliteStore:
     def leases(self) -> list[Lease]:
         return [self._lease(r) for r in self._conn.execute("SELECT * FROM leases ORDER BY ip")]
 
+    def leases_at(self, ips: Collection[str]) -> list[Lease]:
+        rows = self._conn.execute(
+            "SELECT * FROM leases WHERE ip IN (SELECT value FROM json_each(?)) ORDER BY ip",
+            (json.dumps(sorted(set(ips))),),
+        )  # one parameter, however many addresses
+        return [self._lease(r) for r in rows]
+
     def save_leases(self, leases: Iterable[Lease]) -> list[LeaseConflict]:
         """Write a batch of leases in one transaction (DHCP group-commits through this);
         the ones refused because another client holds the address come back."""
@@ -486,3 +500,28 @@ class SqliteStore:
             wanted,
         ).fetchall()
         return [Token.from_row(r) for r in rows]
+
+    # ---- provisioning servers ----------------------------------------------------
+
+    def save_server(self, heartbeat: ServerHeartbeat) -> None:
+        hb = heartbeat
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO servers (server_id, name, boot_url, admin_url, version, "
+                "started_at, period_s, services, stopped, last_seen) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(server_id) DO UPDATE SET "
+                "name = excluded.name, boot_url = excluded.boot_url, "
+                "admin_url = excluded.admin_url, version = excluded.version, "
+                "started_at = excluded.started_at, period_s = excluded.period_s, "
+                "services = excluded.services, stopped = excluded.stopped, "
+                "last_seen = excluded.last_seen",
+                (hb.server_id, hb.name, hb.boot_url, hb.admin_url, hb.version, hb.started_at,
+                 hb.period_s, _json(hb.services), int(hb.stopped), time.time()),
+            )  # fmt: skip
+
+    def servers(self) -> list[ServerRecord]:
+        rows = self._conn.execute(
+            "SELECT *, ? - last_seen AS age_s FROM servers ORDER BY name, server_id",
+            (time.time(),),
+        )
+        return [ServerRecord.from_row(r) for r in rows]

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from plasmaboot import logs
 from plasmaboot.inventory import normalize_mac
 from plasmaboot.lifecycle import Event, IllegalTransition, allowed_events
+from plasmaboot.provision.servers import fleet_servers
 from plasmaboot.provision.tokens import BOOT_TOKEN_REFUSED, TokenRefused
 from plasmaboot.store import NodeRecord
 from plasmaboot.web.boot import PROVISIONER
@@ -237,6 +238,14 @@ async def node_action(request: web.Request) -> web.Response:
     body = await parse_body(request, ActionRequest)
     detail = {"reason": body.reason} if body.reason else {}
     return json_response(_transition(request, record.hostname, Event(body.event), "admin", detail))
+
+
+async def list_servers(request: web.Request) -> web.Response:
+    """Every provisioning server on this store, running, stale or stopped, with the
+    health of its services (provision/servers.py)."""
+    provisioner = request.app[PROVISIONER]
+    servers = fleet_servers(provisioner.store, provisioner.server_id)
+    return json_response([server.as_json() for server in servers])
 
 
 async def recent_events(request: web.Request) -> web.Response:

@@ -23,10 +23,12 @@ from pydantic import BaseModel
 
 from plasmaboot import logs
 from plasmaboot.boot import paths
+from plasmaboot.operations.procedures import JOBS
 from plasmaboot.provision import Provisioner
 from plasmaboot.provision.admin_tokens import AdminTokens, Scope
 from plasmaboot.provision.tokens import TokenRefused
 from plasmaboot.web import api, boot, events, observe, operations
+from plasmaboot.web.boot import RELOAD
 
 log = logs.get_logger("plasmaboot.http")
 
@@ -47,8 +49,6 @@ LISTENER: web.AppKey[Listener | None] = web.AppKey("listener")
 # Another way to present an admin token, on routes that only read: the dashboard's
 # session cookie (dashboard/sessions.py), so its EventSource needs no token in the URL.
 SESSION_TOKEN: web.AppKey[Callable[[web.Request], str | None]] = web.AppKey("session_token")
-ReloadInventory = Callable[[], list[str]]
-RELOAD: web.AppKey[ReloadInventory] = web.AppKey("reload")
 
 HTTP_REQUESTS = Counter(
     "plasmaboot_http_requests_total", "HTTP requests", ["route", "method", "status"]
@@ -190,6 +190,17 @@ ROUTES: tuple[Route, ...] = (
         "drain, maintenance, activate, decommission); its log lines",
         operations.ProcedureRequest,
     ),
+    *(
+        Route(
+            "POST",
+            f"/api/v1/procedures/{name}",
+            operations.job_handler(name),
+            "write",
+            f"{job.summary}; its result and log lines",
+            job.options,
+        )
+        for name, job in JOBS.items()
+    ),
     Route(
         "GET",
         "/api/v1/power",
@@ -213,6 +224,14 @@ ROUTES: tuple[Route, ...] = (
         "read",
         "`cluster verify` through the inventory's store URLs and the operator certificate "
         "(?service=, ?expect_members=, ?min_cert_days=)",
+    ),
+    Route(
+        "GET",
+        "/api/v1/servers",
+        api.list_servers,
+        "read",
+        "The provisioning servers on this store: running, stale (no heartbeat for 3 "
+        "periods) or stopped, each with its services' health",
     ),
     Route(
         "GET",

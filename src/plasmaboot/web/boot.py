@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -31,6 +32,9 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _digests: dict[tuple[str, int, int], str] = {}
 
 PROVISIONER = web.AppKey("provisioner", Provisioner)
+# The server's inventory reload (serve's SIGHUP): problems, or [] when it took the file.
+ReloadInventory = Callable[[], list[str]]
+RELOAD: web.AppKey[ReloadInventory] = web.AppKey("reload")
 
 
 def _ipxe(text: str) -> web.Response:

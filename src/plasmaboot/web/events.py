@@ -7,12 +7,13 @@ receives was read from the store, and its SSE `id:` is the store's event id. Eve
 commit in id order (base.py, `events_page`), which makes "everything after id N" a
 complete, duplicate-free answer whenever it is asked.
 
-One `EventFeed` per server reads the store for every connected client: it polls for the
-events after the last id it read, every `POLL_S` while at least one client is connected
-(none: no query at all), and at once when this server's lifecycle service applies a
-transition (the listener wakes it). Events this server did not fire (another server's,
-or recorded without a transition: install output, power actions) arrive within one poll.
-PostgreSQL's LISTEN/NOTIFY could replace the poll later; the read path would not change.
+One `EventFeed` per server reads the store for every connected client (none connected:
+no query at all): the events after the last id it read, each time its watch on the store
+wakes it (store/changes.py). With PostgreSQL that is as soon as any server's, or the
+CLI's, event commits (LISTEN/NOTIFY); with SQLite, or while PostgreSQL's listener is
+reconnecting, every `POLL_S`. A transition this server's lifecycle service applies wakes
+it at once with either store. The read path is the same whatever woke it, so a missed
+wake-up delays an event by at most one poll, and never loses it.
 
 The feed keeps the last events it read in a ring, shared by every client. A client whose
 position is inside the ring reads from it; one that is behind (a resume from an old id,
@@ -38,11 +39,12 @@ from plasmaboot.lifecycle import State
 from plasmaboot.logs import get_logger
 from plasmaboot.provision import Provisioner
 from plasmaboot.store import EventRecord, Store
+from plasmaboot.store.changes import ChangeWatch
 from plasmaboot.web.api import error
 
 log = get_logger("plasmaboot.http")
 
-POLL_S = 0.5  # how stale another server's event may be on this server's stream
+POLL_S = 0.5  # how stale another server's event may be without notifications (SQLite)
 HEARTBEAT_S = 15.0  # a comment line, so proxies keep an idle stream open
 PAGE = 500  # events per store read and per write to a client
 RING = 4096  # events the feed keeps for clients that are nearly up to date
@@ -81,8 +83,7 @@ class EventFeed:
         self._ring: list[EventRecord] = []
         self._clients = 0
         self._task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake = asyncio.Event()
+        self._watch: ChangeWatch | None = None  # while a client is connected
         self._news = asyncio.Event()
 
     @property
@@ -92,18 +93,9 @@ class EventFeed:
     # ---- the lifecycle listener and the poller ------------------------------------------
 
     def wake(self, _event: EventRecord) -> None:
-        """A lifecycle listener: this server applied a transition, read the store now."""
-        loop = self._loop
-        if loop is None or self._task is None:
-            return
-        try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            self._wake.set()
-        else:
-            loop.call_soon_threadsafe(self._wake.set)
+        """A lifecycle listener (any thread): this server applied a transition, read now."""
+        if self._watch is not None:
+            self._watch.notify()
 
     def join(self) -> None:
         """A client connected: start reading the store, from its newest event, if idle."""
@@ -111,31 +103,36 @@ class EventFeed:
             newest = self.store.events(limit=1)  # a store error: refused, nothing counted
             self.cursor = self.floor = newest[-1].id if newest else 0
             self._ring = []
-            self._loop = asyncio.get_running_loop()
-            self._task = self._loop.create_task(self._run(), name="event-feed")
+            self._watch = self.store.watch("events")
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(self._watch), name="event-feed"
+            )
         self._clients += 1
         STREAM_CLIENTS.inc()
 
     def leave(self) -> None:
         self._clients -= 1
         STREAM_CLIENTS.dec()
-        if self._clients == 0 and self._task is not None:
-            self._task.cancel()
-            self._task = None
+        if self._clients == 0:
+            self._stop_reading()
 
     def close(self) -> None:
         """The server is stopping: every stream ends (its clients resume elsewhere)."""
         self.closed = True
         self._announce()
+        self._stop_reading()
+
+    def _stop_reading(self) -> None:
         if self._task is not None:
             self._task.cancel()
             self._task = None
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
 
-    async def _run(self) -> None:
+    async def _run(self, watch: ChangeWatch) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_s)
-            self._wake.clear()
+            await watch.wait_for_change(self.poll_s)
             try:
                 self.poll()
             except Exception:  # a store hiccup: clients wait, the next poll tries again

@@ -1,34 +1,42 @@
-"""The admin API's node procedures, power and cluster verify: what `plasmaboot node ...`
-and `cluster verify` do, run on this server for a remote CLI (operations/client.py).
+"""The admin API's node procedures, jobs, power and cluster verify: what `plasmaboot node
+...`, `rollout` and `cluster verify` do, run on this server for a remote CLI
+(operations/client.py).
 
 Each calls the CLI's own code (operations/procedures.py, `power_nodes`,
 `verify_inventory`) on this server's store, lifecycle service, inventory and BMC
 credentials, so the lifecycle rules, the checks and the recorded events are the CLI's.
 A refusal is the procedure's own words: 409 with `outcome` "refused", 422 with "failed"
-when a step ran and failed (a drain command), and the lines it logged until then.
+when a step ran and failed (a drain command), and the lines it logged until then; an
+inventory edit refused also names each `problems` line and the `file`. A job that edits
+the inventory (adopt, replace) reloads it here as SIGHUP does.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Literal
+from collections.abc import Awaitable, Callable
+from typing import Literal, NoReturn
 
 from aiohttp import web
 
 from plasmaboot.cluster.membership import verify_inventory
 from plasmaboot.cluster.verify import report_json
+from plasmaboot.operations.adopt import InventoryRefused
 from plasmaboot.operations.nodes import OperationError
 from plasmaboot.operations.power import DEFAULT_PARALLEL, PowerCommand, power_nodes
 from plasmaboot.operations.procedures import (
+    JOBS,
     PROCEDURES,
     REFUSALS,
     outcome,
     run_procedure,
     server_operations,
+    server_site,
+    to_json,
 )
 from plasmaboot.provision.nodefiles import pki_dir
 from plasmaboot.web.api import StrictBody, error, json_response, parse_body
-from plasmaboot.web.boot import PROVISIONER
+from plasmaboot.web.boot import PROVISIONER, RELOAD
 
 
 class ProcedureRequest(StrictBody):
@@ -59,11 +67,46 @@ async def node_procedure(request: web.Request) -> web.Response:
     try:
         await run_procedure(ops, name, hostname)
     except REFUSALS as exc:
-        said = outcome(exc)
-        raise error(422 if said == "failed" else 409, str(exc), outcome=said, log=lines) from None
+        refusal(exc, lines)
     record = provisioner.store.get_node(hostname)
     state = record.state.value if record else None
     return json_response({"node": hostname, "procedure": name, "state": state, "log": lines})
+
+
+def refusal(exc: BaseException, lines: list[str]) -> NoReturn:
+    """Answer a procedure's refusal in its own words, with what it logged until then."""
+    said = outcome(exc)
+    extra = {}
+    if isinstance(exc, InventoryRefused):
+        extra = {"file": exc.file, "problems": exc.problems}
+    raise error(422 if said == "failed" else 409, str(exc), outcome=said, log=lines,
+                **extra) from None  # fmt: skip
+
+
+def job_handler(name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """`POST /api/v1/procedures/{name}`: the job with the body as its options, as its CLI
+    command runs it; `{"procedure", "result", "log"}`. Options that would run what the
+    caller gives on this server are refused (400) before anything is done."""
+    job = JOBS[name]
+
+    async def run_job(request: web.Request) -> web.Response:
+        options = await parse_body(request, job.options)
+        refused = job.remote_refusal(options)
+        if refused is not None:
+            raise error(400, refused, outcome="refused")
+        lines: list[str] = []
+        site = server_site(
+            request.app[PROVISIONER], lines.append, request.app[RELOAD],
+            leaves_cluster=job.leaves_cluster, keep_member=getattr(options, "keep_member", False),
+            force=getattr(options, "force", False),
+        )  # fmt: skip
+        try:
+            result = await job.run(site, options)
+        except REFUSALS as exc:
+            refusal(exc, lines)
+        return json_response({"procedure": name, "result": to_json(result), "log": lines})
+
+    return run_job
 
 
 def _flag(request: web.Request, name: str) -> bool:

@@ -2,6 +2,8 @@
 // The server renders everything; this only asks it again (at most once a second) when an
 // event arrives, and swaps #live. The EventSource is authenticated by the session cookie
 // and resumes with Last-Event-ID after a disconnect (the server keeps every event).
+// An element with data-every="N" (the fleet page's servers, whose heartbeats make no
+// event) is also swapped on its own every N seconds; the rest of the page stays put.
 "use strict";
 (function () {
   const body = document.body;
@@ -14,7 +16,7 @@
   let scheduled = false;
   let last = 0;
 
-  function refresh() {
+  function refresh(id) {
     last = Date.now();
     fetch(window.location.href, { credentials: "same-origin", cache: "no-store" })
       .then(function (response) {
@@ -24,11 +26,13 @@
         return response.text();
       })
       .then(function (html) {
-        const fresh = new DOMParser().parseFromString(html, "text/html").getElementById("live");
-        const current = document.getElementById("live");
+        const fresh = new DOMParser().parseFromString(html, "text/html").getElementById(id);
+        const current = document.getElementById(id);
         if (fresh && current) {
           current.replaceWith(document.importNode(fresh, true));
-          body.dataset.refreshed = String(Number(body.dataset.refreshed || 0) + 1);
+          if (id === "live") {
+            body.dataset.refreshed = String(Number(body.dataset.refreshed || 0) + 1);
+          }
         }
       })
       .catch(function (error) {
@@ -46,8 +50,18 @@
     scheduled = true;
     setTimeout(function () {
       scheduled = false;
-      refresh();
+      refresh("live");
     }, Math.max(0, MIN_GAP_MS - (Date.now() - last)));
+  }
+
+  const periodic = document.querySelector("[data-every]");
+  if (periodic && periodic.id && Number(periodic.dataset.every) > 0) {
+    const id = periodic.id;
+    setInterval(function () {
+      if (!scheduled) {
+        refresh(id); // a scheduled refresh of #live brings it anyway
+      }
+    }, Number(periodic.dataset.every) * 1000);
   }
 
   const source = new EventSource(url);

@@ -143,6 +143,26 @@ def text(result: Any) -> str:
     return " ".join(result.output.split())
 
 
+def seed(state: Path, config: Path, marks: Path, net: str, bmc_port: int, env: str) -> Cluster:
+    """Write the inventory (its rollback command leaves marks) and a store in which the
+    three members are active; returns their etcd cluster, not started."""
+    (marks / "rollback").write_text(
+        f'echo rolling back "$1"; test ! -e {marks}/broken-"$1" && touch {marks}/rolled-"$1"\n'
+    )
+    config.write_text(HEADER + INVENTORY.format(
+        net=net, marks=marks, bmc_port=bmc_port, bmc_user=ipmi_sim.USER, env=env,
+    ))  # fmt: skip
+    inv = load_inventory(config)
+    cluster = Cluster(state, inv)  # its PKI is <state>/pki: plasmaboot's own
+    store = SqliteStore.in_dir(state)
+    store.import_inventory(inv)
+    for name in MEMBERS:
+        for event in TO_ACTIVE:
+            store.transition(name, event, "test")
+    store.close()
+    return cluster
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     reason = missing_peer() or missing_sshd()
@@ -152,21 +172,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     state_dir = tmp_path_factory.mktemp("rollback-replace")
     marks = state_dir / "marks"
     marks.mkdir()
-    (marks / "rollback").write_text(
-        f'echo rolling back "$1"; test ! -e {marks}/broken-"$1" && touch {marks}/rolled-"$1"\n'
-    )
     inventory = state_dir / "cluster.yaml"
-    inventory.write_text(HEADER + INVENTORY.format(
-        net=NET, marks=marks, bmc_port=ipmi_sim.SIM_PORT, bmc_user=ipmi_sim.USER, env=BMC_ENV,
-    ))  # fmt: skip
-    inv = load_inventory(inventory)
-    cluster = Cluster(state_dir, inv)  # its PKI is <state>/pki: plasmaboot's own
-    store = SqliteStore.in_dir(state_dir)
-    store.import_inventory(inv)
-    for name in MEMBERS:
-        for event in TO_ACTIVE:
-            store.transition(name, event, "test")
-    store.close()
+    cluster = seed(state_dir, inventory, marks, NET, ipmi_sim.SIM_PORT, BMC_ENV)
     addresses = [f"{NET}.1{i}" for i in (1, 2, 3)]
     (state_dir / "sshd").mkdir()
     try:

@@ -32,7 +32,7 @@ from etcd_support import Cluster, missing_peer
 from events_support import ServeProcess
 from ssh_support import SshHost, missing_sshd, running_sshd
 from test_firstboot_etcd import voting_names, wait_healthy
-from test_node_rollback_replace import HEADER, INVENTORY, MEMBERS, NEW_MAC, TO_ACTIVE
+from test_node_rollback_replace import MEMBERS, NEW_MAC, seed
 from test_remote_cli import BMC_ENV, Site, same
 
 from plasmaboot.boot.paths import node_script_path
@@ -104,21 +104,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     state, home, marks = tmp / "state", tmp / "home", tmp / "marks"
     for directory in (state, home, marks, tmp / "sshd", tmp / "bmc"):
         directory.mkdir()
-    (marks / "rollback").write_text(
-        f'echo rolling back "$1"; test ! -e {marks}/broken-"$1" && touch {marks}/rolled-"$1"\n'
-    )
     config = tmp / "cluster.yaml"
-    config.write_text(HEADER + INVENTORY.format(
-        net=NET, marks=marks, bmc_port=SIM_PORT, bmc_user=ipmi_sim.USER, env=BMC_ENV,
-    ))  # fmt: skip
-    inv = load_inventory(config)
-    cluster = Cluster(state, inv)  # its PKI is <state>/pki: plasmaboot's, the server's too
-    store = SqliteStore.in_dir(state)
-    store.import_inventory(inv)
-    for name in MEMBERS:
-        for event in TO_ACTIVE:
-            store.transition(name, event, "test")
-    store.close()
+    cluster = seed(state, config, marks, NET, SIM_PORT, BMC_ENV)  # its PKI: the server's too
     server = None
     try:
         for name in MEMBERS:

@@ -1,7 +1,7 @@
 """The dashboard in a real browser: Debian's headless Chromium, driven through
 chromium-driver (selenium), against a real `plasmaboot serve` on loopback (its admin
-listener's TLS, its store, its install driver) with a real BMC (ipmi_sim, the fixture of
-test_power_ipmi_sim.py) behind node01. Agent reports are posted to the running server the
+listener's TLS, its store, its install driver) with a real BMC (ipmi_sim, the run's one sim of
+conftest.py) behind node01. Agent reports are posted to the running server the
 way the installer agent posts them (AgentClient, a boot token from the node's iPXE
 script), and the inventory's install command runs for real (a shell line that prints and
 exits; non-zero for node05).
@@ -48,7 +48,6 @@ from plasmaboot.agent.client import AgentClient
 
 pytestmark = pytest.mark.integration
 
-ipmi_machine = ipmi_sim.machine  # the BMC emulator, started once for this module
 IPMI_ENV = "PBP_DASHBOARD_NODE01_BMC_PW"
 NODES = {  # hostname -> (MAC, network, profile)
     "node01": ("52:54:00:90:01:01", "rack-a", "control"),

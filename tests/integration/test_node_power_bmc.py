@@ -1,7 +1,7 @@
 """`plasmaboot node power` as an operator runs it, against the real BMC emulators of the
 driver tests: OpenIPMI's ipmi_sim (lanplus, a chassis program recording what the BMC did
 to the machine) and sushy-emulator (Redfish over HTTPS, fake systems). The emulators are
-started by the fixtures of test_power_ipmi_sim.py and test_power_redfish_sushy.py.
+started by conftest.py (ipmi_sim, once per run) and test_power_redfish_sushy.py.
 
 Checked: on/off/cycle/status change (or read) the machine behind the BMC, --pxe-once sets
 a one-time network boot in the node's firmware mode, every action is an event of the node,
@@ -33,8 +33,7 @@ from plasmaboot.store import open_store
 
 pytestmark = pytest.mark.integration
 
-# The emulators, started for this module by the driver tests' own fixtures.
-ipmi_machine = ipmi_sim.machine
+# sushy-emulator, started for this module by the Redfish driver tests' fixture.
 redfish = sushy.emulator
 
 IPMI_ENV, REDFISH_ENV = "PBP_IT_NODE01_BMC_PW", "PBP_IT_NODE02_BMC_PW"

@@ -2,8 +2,7 @@
 against the real peers: a 3-member TLS etcd 3.4 cluster started from plasmaboot's rendered
 files (etcd_support), a real sshd standing in for the nodes (every node address of this
 test is a loopback address sshd listens on, so the rollback command really crosses SSH
-and runs as root), and OpenIPMI's ipmi_sim as node03's BMC (the fixture of
-test_power_ipmi_sim.py).
+and runs as root), and OpenIPMI's ipmi_sim as node03's BMC (the run's one sim, conftest.py).
 
 Rollback: the inventory's command runs over SSH, its output lands in the node's events,
 the health gate (health check over SSH, then `cluster verify` against etcd) decides, the
@@ -40,7 +39,6 @@ from plasmaboot.store import SqliteStore
 
 pytestmark = pytest.mark.integration
 
-ipmi_machine = ipmi_sim.machine  # node03's BMC, started for this module
 
 NET = "127.0.88"
 SSHD_PORT = 17125

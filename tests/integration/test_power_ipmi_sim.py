@@ -1,8 +1,9 @@
 """The ipmi driver against OpenIPMI's ``ipmi_sim`` (IPMI 2.0 lanplus on loopback).
 
 ipmi_sim hands chassis control to an external program (``chassis_control`` in lan.conf);
-the fixture's program records every power and boot-device change in files, which stand in
-for the machine the BMC drives: the tests check that side, not what the driver says.
+this program records every power and boot-device change in files, which stand in for the
+machine the BMC drives: the tests check that side, not what the driver says. One sim serves
+the whole run (conftest.py's ``ipmi_machine``).
 """
 
 from __future__ import annotations
@@ -78,6 +79,12 @@ class Machine:
     def forget_calls(self) -> None:
         (self.directory / "calls").write_text("")
 
+    def reset(self) -> None:
+        """Off, default boot device, no calls: a machine no test has touched."""
+        (self.directory / "power").write_text("0\n")
+        (self.directory / "boot").unlink(missing_ok=True)
+        self.forget_calls()
+
     def read(self, name: str) -> str:
         return (self.directory / name).read_text().strip()
 
@@ -93,12 +100,6 @@ def make_driver(
         password_env="PBP_TEST_IPMI_PW",
     )  # fmt: skip
     return emulator_driver(monkeypatch, bmc, "rack1-n1", password, retry=retry, settle_timeout_s=15)
-
-
-@pytest.fixture(scope="module")
-def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
-    with running_sim(tmp_path_factory.mktemp("pbp-ipmi")) as sim:
-        yield sim
 
 
 @contextmanager
@@ -155,77 +156,78 @@ def wait_until_answering(port: int = SIM_PORT) -> None:
 
 
 async def test_ipmi_power_off_then_on_changes_the_machine(
-    machine: Machine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ipmi_machine: Machine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     driver = make_driver(monkeypatch)
     await driver.power_on()
-    machine.forget_calls()
+    ipmi_machine.forget_calls()
 
     await driver.power_off()
-    assert machine.read("power") == "0"
+    assert ipmi_machine.read("power") == "0"
     assert await driver.power_state() is PowerState.OFF
 
     await driver.power_on()
-    assert machine.read("power") == "1"
+    assert ipmi_machine.read("power") == "1"
     assert await driver.power_state() is PowerState.ON
-    assert [c for c in machine.calls() if c.startswith("set")] == ["set power 0", "set power 1"]
+    sets = [c for c in ipmi_machine.calls() if c.startswith("set")]
+    assert sets == ["set power 0", "set power 1"]
     assert_password_not_logged(caplog, PASSWORD)
 
 
 async def test_ipmi_power_on_of_a_machine_already_on_sends_nothing(
-    machine: Machine, monkeypatch: pytest.MonkeyPatch
+    ipmi_machine: Machine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     driver = make_driver(monkeypatch)
     await driver.power_on()
-    machine.forget_calls()
+    ipmi_machine.forget_calls()
 
     await driver.power_on()
 
-    assert machine.calls() == ["get power"]
+    assert ipmi_machine.calls() == ["get power"]
 
 
 async def test_ipmi_power_cycle_turns_the_machine_off_then_on(
-    machine: Machine, monkeypatch: pytest.MonkeyPatch
+    ipmi_machine: Machine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     driver = make_driver(monkeypatch)
     await driver.power_on()
-    machine.forget_calls()
+    ipmi_machine.forget_calls()
 
     await driver.power_cycle()
 
-    sets = [c for c in machine.calls() if c.startswith("set power")]
+    sets = [c for c in ipmi_machine.calls() if c.startswith("set power")]
     assert sets == ["set power 0", "set power 1"]
     assert await driver.power_state() is PowerState.ON
 
 
 async def test_ipmi_power_cycle_of_an_off_machine_powers_it_on(
-    machine: Machine, monkeypatch: pytest.MonkeyPatch
+    ipmi_machine: Machine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     driver = make_driver(monkeypatch)
     await driver.power_off()
-    machine.forget_calls()
+    ipmi_machine.forget_calls()
 
     await driver.power_cycle()
 
-    assert [c for c in machine.calls() if c.startswith("set power")] == ["set power 1"]
-    assert machine.read("power") == "1"
+    assert [c for c in ipmi_machine.calls() if c.startswith("set power")] == ["set power 1"]
+    assert ipmi_machine.read("power") == "1"
 
 
 async def test_ipmi_pxe_once_boot_device_reaches_the_machine(
-    machine: Machine, monkeypatch: pytest.MonkeyPatch
+    ipmi_machine: Machine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     driver = make_driver(monkeypatch)
     await driver.set_boot_device(BootDevice.CDROM)
-    assert machine.read("boot") == "cdrom"
+    assert ipmi_machine.read("boot") == "cdrom"
 
     await driver.set_boot_device(BootDevice.PXE, persistent=False, uefi=True)
 
-    assert machine.read("boot") == "pxe"
+    assert ipmi_machine.read("boot") == "pxe"
 
 
 async def test_ipmi_wrong_password_is_fatal_and_not_retried(
-    machine: Machine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ipmi_machine: Machine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     wrong = "pbpWrongPassw0"
     driver = make_driver(monkeypatch, password=wrong, retry=RetryPolicy(attempts=5))
@@ -233,7 +235,7 @@ async def test_ipmi_wrong_password_is_fatal_and_not_retried(
 
 
 async def test_ipmi_unreachable_bmc_is_retried_then_fails_clearly(
-    machine: Machine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ipmi_machine: Machine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     policy = RetryPolicy(attempts=2, base_delay_s=0.1, max_delay_s=0.2, request_timeout_s=10)
     driver = make_driver(monkeypatch, port=CLOSED_PORT, retry=policy)

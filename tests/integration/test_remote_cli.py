@@ -27,7 +27,6 @@ from plasmaboot.store import SqliteStore
 
 pytestmark = pytest.mark.integration
 
-ipmi_machine = ipmi_sim.machine  # ipmi_sim, started for this module by the driver tests' fixture
 BMC_ENV = "PBP_IT_REMOTE_BMC_PW"
 NOT_A_TOKEN = "not-a-token-of-this-server"
 

@@ -142,6 +142,28 @@ class StoreContract:
         assert [e.event for e in store.events("node04")] == ["discovered", "enroll"]
         assert store.events("node04")[-1].detail == {"discovered_as": found.hostname}
 
+    def test_a_known_node_given_a_discovered_machines_mac_folds_that_record_in(
+        self, store: Store
+    ) -> None:
+        store.import_inventory(lab())
+        store.transition("node02", Event.PXE_BOOT, "dhcp")
+        found = store.discover("52:54:00:aa:bb:cc", "http", {"arch": 7})
+
+        def replaced(doc: dict[str, Any]) -> None:  # node02's NIC is the new machine's now
+            doc["nodes"][1]["macs"] = ["52:54:00:aa:bb:cc"]
+
+        result = store.import_inventory(lab(replaced))
+        assert result.updated == ["node02"]
+        node = store.get_node("node02")
+        assert node is not None and node.macs == ("52:54:00:aa:bb:cc",)
+        assert node.state is State.PXE_BOOTING  # the node's lifecycle, not the record's
+        assert store.get_node(found.hostname) is None and store.events(found.hostname) == []
+        assert [e.event for e in store.events("node02")] == [
+            "enroll", "pxe-boot", "discovered", "inventory-updated",
+        ]  # fmt: skip
+        assert store.events("node02")[-1].detail["discovered_as"] == [found.hostname]
+        assert all(n.state is not State.DISCOVERED for n in store.list_nodes())
+
     def test_state_counts(self, store: Store) -> None:
         store.import_inventory(lab())
         store.transition("node02", Event.PXE_BOOT, "dhcp")

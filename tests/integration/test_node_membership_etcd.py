@@ -13,6 +13,7 @@ The scenarios build on each other and run in file order on one module-scoped clu
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +141,33 @@ def test_a_removal_that_breaks_quorum_is_refused_and_changes_nothing(lab: Lab) -
     with client(lab) as c:
         assert voting_names(c, url("node01")) == set(MEMBERS)
     assert (lab.state_dir / "pki" / f"{OPERATOR_CERT}.crt").exists()
+
+
+def test_cluster_remove_applies_the_same_quorum_rule(lab: Lab, tmp_path: Path) -> None:
+    """`cluster remove` (runbook 7.6, from a member's cluster-config.json) refuses the
+    same removal with node03 still down, and with --force meets etcd's own refusal."""
+    tls = lab.cluster.client_tls("node01")
+    config = tmp_path / "cluster-config.json"
+    config.write_text(json.dumps({
+        "node_id": "node01", "node_role": "control-plane", "bootstrap": False,
+        "cluster_name": "mbtest", "leader_url": url("node01"), "raft_addr": f"{NET}.11:2380",
+        "flaredb_enabled": False, "cluster_backend": "etcd",
+        "tls": {"enabled": True, "ca_cert_path": str(tls.ca_cert),
+                "node_cert_path": str(tls.node_cert), "node_key_path": str(tls.node_key)},
+    }))  # fmt: skip
+    argv = ["cluster", "remove", "-c", str(config), "node02", "--wait-s", "2"]
+
+    refused = CliRunner().invoke(app, argv, terminal_width=200)
+    assert refused.exit_code == 1, refused.output
+    text = " ".join(refused.output.split())
+    assert "chainfire: after removing node02, 1 of the 2 remaining voting members" in text
+    assert "(down: node03)" in text and "nothing was removed (--force" in text
+
+    forced = CliRunner().invoke(app, [*argv, "--force"], terminal_width=200)
+    assert forced.exit_code == 1, forced.output
+    assert "unhealthy cluster" in forced.output or "not enough started" in forced.output
+    with client(lab) as c:
+        assert voting_names(c, url("node01")) == set(MEMBERS)
 
 
 def test_force_goes_past_the_check_and_reports_etcds_own_refusal(lab: Lab) -> None:

@@ -304,9 +304,13 @@ def test_replace_moves_the_identity_to_the_new_machine_and_provisions_it(
     events = events_of(lab, "node03")
     assert [e.id for e in events][: len(history)] == history
     assert [e.event for e in events][len(history):] == [
-        "left-cluster", "inventory-updated", "replaced", "reprovision", "provision-requested",
+        "discovered", "left-cluster", "inventory-updated", "replaced", "reprovision",
+        "provision-requested",
     ]  # fmt: skip
-    assert events_of(lab, discovered)[-1].event == "replaced-into"
+    # the discovered record of the new machine is folded in: its events are node03's now
+    assert record(lab, discovered) is None and events_of(lab, discovered) == []
+    updated = next(e for e in events if e.event == "inventory-updated")
+    assert updated.detail["discovered_as"] == [discovered]
     # the certificate: same SANs, new key
     new_sans = cert_info(pki / "node03.crt")
     assert (new_sans.dns_names, new_sans.ip_addresses) == (

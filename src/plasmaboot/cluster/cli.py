@@ -25,7 +25,7 @@ from plasmaboot.cli_common import (
     remote_errors,
 )
 from plasmaboot.cluster.backup import MANIFEST, BackupError, ProgressCallback, take_backup
-from plasmaboot.cluster.membership import remove_member
+from plasmaboot.cluster.membership import QuorumRefused, config_membership
 from plasmaboot.cluster.restore import (
     LocalRunner,
     NodeRunner,
@@ -165,26 +165,36 @@ def remove_command(
     wait_s: Annotated[
         float, typer.Option("--wait-s", help="Keep retrying while the cluster refuses.")
     ] = 30.0,
+    force: Annotated[
+        bool, typer.Option("--force", help="Remove it even when that breaks the quorum.")
+    ] = False,
     server: LocalOnly = None,
 ) -> None:
     """Remove a member (runbook 7.2/7.6) from each configured service's cluster.
 
-    etcd refuses reconfiguration until every voting member has been connected for a few
-    seconds (``unhealthy cluster``), so the removal is retried with backoff for ``--wait-s``.
-    Local only (a member's cluster-config.json and TLS files here).
+    A removal that would leave the cluster without a healthy quorum (or end it) is refused,
+    changing nothing, unless --force. etcd refuses reconfiguration until every voting
+    member has been connected for a few seconds (``unhealthy cluster``), so the removal is
+    retried with backoff for ``--wait-s``. Local only (a member's cluster-config.json and
+    TLS files here).
     """
     _local_only("remove", server, "it needs a member's cluster-config.json and TLS files "
                 "on this machine. Through a server, `plasmaboot node decommission NODE "
                 "--server URL` (or reprovision) removes the node from the cluster")  # fmt: skip
-    plan = _load(config)
-    with _client(plan, config) as client:
-        try:
-            removed = remove_member(plan, client, name, service, wait_s)
-        except MembershipError as error:
-            typer.echo(f"error: {error}", err=True)
-            raise typer.Exit(code=1) from error
-    for svc in removed:
-        typer.echo(f"{svc}: removed {name}")
+    membership = config_membership(_load(config), wait_s=wait_s, services=service)
+    try:
+        removals = membership.remove(name, force=force)
+    except OSError as error:
+        typer.echo(f"error: {config}: cannot load the tls files: {error}; fix the paths", err=True)
+        raise typer.Exit(code=3) from error
+    except QuorumRefused as error:
+        typer.echo(f"error: {error}; nothing was removed (--force removes it anyway)", err=True)
+        raise typer.Exit(code=1) from error
+    except MembershipError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=1) from error
+    for removal in removals:
+        typer.echo(f"{name}: {removal.line(name)}")
 
 
 @app.command("backup")

@@ -48,39 +48,6 @@ _PORTS = {
 _REISSUE_DAYS = 30
 
 
-def remove_member(
-    plan: FirstBootConfig,
-    client: httpx.Client,
-    name: str,
-    services: list[str] | None = None,
-    wait_s: float = 30.0,
-) -> list[str]:
-    """Remove `name` from each configured service's cluster (runbook 7.2/7.6).
-
-    etcd refuses reconfiguration until every voting member has been connected for a few
-    seconds ("unhealthy cluster"), so each removal is retried with backoff for `wait_s`;
-    the last refusal is raised. Returns the services it was removed from.
-    """
-    removed = []
-    for svc in plan.services:
-        if services and svc.service not in services:
-            continue
-        backend = make_backend(svc, client)
-        error: Exception | None = None
-        for _ in Backoff(0.5, 4.0).until(wait_s):
-            try:
-                backend.remove([svc.client_url, *svc.candidate_urls()], name)
-            except (ClusterUnreachable, MembershipError) as failure:
-                error = failure
-                continue
-            error = None
-            break
-        if error is not None:
-            raise MembershipError(f"{svc.service}: {error}") from error
-        removed.append(svc.service)
-    return removed
-
-
 class QuorumRefused(MembershipError):
     """Removing the member would break the cluster's quorum (or end the cluster)."""
 
@@ -291,11 +258,16 @@ def inventory_membership(inv: Inventory, pki: Path, wait_s: float = 30.0) -> Sto
 
 
 def config_membership(
-    plan: FirstBootConfig, inv: Inventory | None = None, wait_s: float = 30.0
+    plan: FirstBootConfig,
+    inv: Inventory | None = None,
+    wait_s: float = 30.0,
+    services: Sequence[str] | None = None,
 ) -> StoreMembership:
-    """Membership from a member's cluster-config.json (its URLs and TLS files)."""
+    """Membership from a member's cluster-config.json (its URLs and TLS files); `services`
+    limits it to some of the configured ones (chainfire, flaredb)."""
     peer = inventory_peer_address(inv) if inv is not None else (lambda hostname, service: None)
-    return StoreMembership(plan.services, lambda: plan.tls, peer, wait_s)
+    chosen = [s for s in plan.services if not services or s.service in services]
+    return StoreMembership(chosen, lambda: plan.tls, peer, wait_s)
 
 
 def verify_inventory(

@@ -133,7 +133,7 @@ class Lab:
 
     @property
     def http_base(self) -> str:
-        return f"http://{self.inventory.server.provisioning_ip}:{self.inventory.server.http_port}"
+        return self.inventory.server.http_base()
 
     # ---- bring-up ------------------------------------------------------------------
 

@@ -10,7 +10,9 @@ keyed by the host name) and gets the new machine's MACs:
    edited inventory validates, and leaving the cluster would keep quorum (unless --force);
 2. removes the old member from the cluster store (`NodeOperations` with its membership);
 3. writes the new MACs into cluster.yaml in place (`inventory.editing`) and imports it, so
-   the store's MACs follow (facts a discovered record of the new machine holds go along);
+   the store's MACs follow; a discovered record of the new machine is folded into the
+   node by the import (its events join the node's history) and its hardware facts, the
+   new machine's, replace the old machine's;
 4. reissues the node certificate with the same SANs and a new key (the old key was on the
    old machine's disk), when there is one;
    (a server reloads its inventory then, so DHCP leases the new MACs their address);
@@ -133,8 +135,6 @@ class Replace:
         facts = next((r.hardware for r in discovered if r.hardware), None)
         if facts is not None:  # the new machine's, reported while it was unknown
             ops.store.set_hardware(hostname, facts)
-        for gone in discovered:
-            ops.store.record(gone.hostname, "replaced-into", ACTOR, {"node": hostname})
         certificate = self._certificate(hostname)
         ops.store.record(
             hostname, "replaced", ACTOR,

@@ -227,6 +227,9 @@ class PostgresStore:
                         if spec.get(k) != existing.spec.get(k)
                     )
                     detail = {"fields": changed, "returned": not existing.in_inventory}
+                    absorbed = self._absorb_discovered(conn, node.hostname, node.macs)
+                    if absorbed:
+                        detail["discovered_as"] = absorbed
                     self._insert_event(
                         conn,
                         node.hostname,
@@ -266,6 +269,23 @@ class PostgresStore:
                     )
                     result.retired.append(row["hostname"])
         return result
+
+    @staticmethod
+    def _absorb_discovered(conn: Conn, hostname: str, macs: tuple[str, ...]) -> list[str]:
+        """As SqliteStore._absorb_discovered: a known node given a discovered machine's
+        MACs takes that record's events; the record goes."""
+        found = [row["hostname"] for row in conn.execute(
+            "SELECT DISTINCT n.hostname FROM nodes n JOIN node_macs m ON m.hostname = "
+            "n.hostname WHERE n.state = %s AND n.hostname <> %s AND m.mac = ANY(%s) "
+            "ORDER BY n.hostname",
+            (State.DISCOVERED.value, hostname, list(macs)),
+        ).fetchall()]  # fmt: skip
+        for old in found:
+            conn.execute("UPDATE events SET node = %s WHERE node = %s", (hostname, old))
+            conn.execute("DELETE FROM node_macs WHERE hostname = %s", (old,))
+            conn.execute("DELETE FROM tokens WHERE hostname = %s", (old,))
+            conn.execute("DELETE FROM nodes WHERE hostname = %s", (old,))
+        return found
 
     def _adopt_or_enroll(
         self, conn: Conn, hostname: str, macs: tuple[str, ...], actor: str, now: float

@@ -166,8 +166,9 @@ class SqliteStore:
         """Make the store's nodes match the inventory without losing any history.
 
         New nodes are enrolled; a discovered machine whose MAC the inventory now names
-        becomes that node (its events follow it); nodes gone from the inventory are kept,
-        marked as such. Re-importing the same inventory changes nothing.
+        becomes that node (its events follow it; for a node known already, its record is
+        folded in); nodes gone from the inventory are kept, marked as such. Re-importing
+        the same inventory changes nothing.
         """
         result = ImportResult()
         now = time.time()
@@ -191,6 +192,9 @@ class SqliteStore:
                         if spec.get(k) != existing.spec.get(k)
                     )
                     detail = {"fields": changed, "returned": not existing.in_inventory}
+                    absorbed = self._absorb_discovered(conn, node.hostname, node.macs)
+                    if absorbed:
+                        detail["discovered_as"] = absorbed
                     self._insert_event(
                         conn,
                         node.hostname,
@@ -227,6 +231,25 @@ class SqliteStore:
                     )
                     result.retired.append(row["hostname"])
         return result
+
+    def _absorb_discovered(
+        self, conn: sqlite3.Connection, hostname: str, macs: tuple[str, ...]
+    ) -> list[str]:
+        """A known node given the MACs of a discovered machine (`node replace`: the new
+        hardware netbooted first) takes that record's events; the record goes."""
+        placeholders = ",".join("?" * len(macs))
+        found = [row[0] for row in conn.execute(
+            f"SELECT DISTINCT n.hostname FROM nodes n JOIN node_macs m ON m.hostname = "
+            f"n.hostname WHERE n.state = ? AND n.hostname != ? AND m.mac IN ({placeholders}) "
+            f"ORDER BY n.hostname",
+            (State.DISCOVERED.value, hostname, *macs),
+        ).fetchall()]  # fmt: skip
+        for old in found:
+            conn.execute("UPDATE events SET node = ? WHERE node = ?", (hostname, old))
+            conn.execute("DELETE FROM node_macs WHERE hostname = ?", (old,))
+            conn.execute("DELETE FROM tokens WHERE hostname = ?", (old,))
+            conn.execute("DELETE FROM nodes WHERE hostname = ?", (old,))
+        return found
 
     def _adopt_or_enroll(
         self,

@@ -1,7 +1,8 @@
 """Every rendered file of both shipped inventories passes the real tool that consumes it.
 
-Also a fleet form (`lab+racks`): the lab plus two rack networks behind relays, one of them
-with a relay address outside its subnet, so every target renders one subnet per network.
+Also the fleet forms (`lab+racks`, `plasmacloud+racks`): two rack networks behind relays
+added, one of them with a relay address outside its subnet, so every target renders one
+subnet per network and each rack's node its own network settings.
 
 Kea and nginx bind/select the inventory's interface and address even with -t, so they run
 in a network namespace of this test's own (pbr-*) holding exactly that interface and address.
@@ -58,12 +59,14 @@ def _lab_with_overrides() -> Inventory:
     return parse_inventory(data)
 
 
-def _lab_with_racks() -> Inventory:
-    """The lab plus two rack networks behind relays (a /24 and a /25, one relay address
-    outside its subnet) and a worker on each: several provisioning networks."""
+def _with_racks(name: str) -> Inventory:
+    """`name` plus two rack networks behind relays (a /24 and a /25, one relay address
+    outside its subnet) and a worker on each (with a production address where there is a
+    production network): several provisioning networks."""
     import yaml
 
-    data = yaml.safe_load((EXAMPLES / "lab" / "cluster.yaml").read_text())
+    data = yaml.safe_load((EXAMPLES / name / "cluster.yaml").read_text())
+    production = any(net["name"] == "production" for net in data["networks"])
     for rack, subnet, prefix, relays in (
         (1, "10.78.1.0", 24, ["10.79.0.1"]),
         (2, "10.78.2.0", 25, []),
@@ -91,17 +94,18 @@ def _lab_with_racks() -> Inventory:
                 "profile": "worker",
                 "provisioning_ip": f"{base}.20",
                 "disk": "/dev/vda",
+                **({"production_ip": f"10.0.200.{40 + rack}"} if production else {}),
             }
         )
     return parse_inventory(data)
 
 
-@pytest.fixture(params=[*INVENTORIES, "lab+overrides", "lab+racks"])
+@pytest.fixture(params=[*INVENTORIES, "lab+overrides", "lab+racks", "plasmacloud+racks"])
 def inv(request: pytest.FixtureRequest) -> Inventory:
     if request.param == "lab+overrides":
         return _lab_with_overrides()
-    if request.param == "lab+racks":
-        return _lab_with_racks()
+    if request.param.endswith("+racks"):
+        return _with_racks(request.param.removesuffix("+racks"))
     return load_inventory(EXAMPLES / request.param / "cluster.yaml")
 
 

@@ -1,7 +1,8 @@
 """Live updates on the shared PostgreSQL store (LISTEN/NOTIFY, store/changes.py), against
 a real PostgreSQL: a commit wakes every other store's readers at once and names what it
 wrote; a rolled-back write wakes nobody; two real `plasmaboot serve` processes deliver
-each other's events to their streams in well under the poll period; and killing a
+each other's events to their streams in well under the poll period; a transition through
+one server's admin API reaches another's DHCP node view within a second; and killing a
 server's listening connection (pg_terminate_backend) loses no event."""
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from test_store_postgres import pg_server  # noqa: F401  (fixture)
 from plasmaboot.dhcp import DhcpServer
 from plasmaboot.dhcp.server import LEASE_REFRESH_S
 from plasmaboot.inventory import load_inventory, parse_inventory
-from plasmaboot.lifecycle import Event, IllegalTransition
+from plasmaboot.lifecycle import Event, IllegalTransition, State
 from plasmaboot.store import Lease
 from plasmaboot.store.changes import LIVE_POLL_S, ChangeWatch
 from plasmaboot.store.postgres import PostgresStore
@@ -155,6 +156,50 @@ async def test_another_servers_lease_reaches_the_dhcp_lease_view_at_once(pg_url:
         await asyncio.gather(refresh, return_exceptions=True)
         store.close()
         writer.close()
+
+
+async def test_a_transition_through_another_server_reaches_the_dhcp_node_view_within_a_second(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Server A's admin API (and the CLI, writing to the store) moves a node; server B's
+    DHCP node view (what decides which boot it is offered) has the new state within a
+    second: notified, not polled (live notifications poll every LIVE_POLL_S)."""
+    (tmp_path / "a").mkdir()
+    a = ServeProcess.start(tmp_path / "a", store=pg_url)
+    store, cli = PostgresStore(pg_url), PostgresStore(pg_url)
+    server = DhcpServer(load_inventory(LAB), store, interface="eth9")  # no socket: the view
+    server._read_nodes()
+    server._refresh_task = server._follow_nodes()
+    try:
+        await until_live(store)
+        (mac, *_) = server._node_macs["node01"]
+        latencies = []
+        for n in range(SAMPLES):
+            event, to = (
+                (Event.DECOMMISSION, State.DECOMMISSIONED)
+                if n % 2 == 0
+                else (Event.RECOMMISSION, State.ENROLLED)
+            )
+            started = time.monotonic()
+            await a.action("node01", event)
+            while (view := server._node(mac)) is None or view.state is not to:
+                assert time.monotonic() - started < 5, f"{to} never reached the view"
+                await asyncio.sleep(0.002)
+            latencies.append(time.monotonic() - started)
+        median = statistics.median(latencies)
+        assert max(latencies) < 1.0 < LIVE_POLL_S, f"median {median * 1000:.1f} ms: {latencies}"
+
+        (mac2, *_) = server._node_macs["node02"]
+        started = time.monotonic()
+        cli.transition("node02", Event.PXE_BOOT, "cli")
+        while (view := server._node(mac2)) is None or view.state is not State.PXE_BOOTING:
+            assert time.monotonic() - started < 1.0, "the CLI's transition never reached the view"
+            await asyncio.sleep(0.002)
+    finally:
+        await server.stop()
+        store.close()
+        cli.close()
+        a.stop()
 
 
 async def _latencies(one: ServeProcess, client: StreamClient, count: int) -> list[float]:

@@ -1,7 +1,11 @@
-"""DhcpServer start-up checks and its /metrics export (no sockets needed)."""
+"""DhcpServer start-up checks, its /metrics export and its node view (no sockets needed)."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -11,8 +15,10 @@ from prometheus_client import REGISTRY
 from test_dhcp_responder import INVENTORY
 
 from plasmaboot.dhcp import DhcpConfigError, DhcpServer, metrics
+from plasmaboot.dhcp.server import NODE_POLL_S
 from plasmaboot.inventory import parse_inventory
-from plasmaboot.store import open_store
+from plasmaboot.lifecycle import Event, State
+from plasmaboot.store import SqliteStore, open_store
 
 POOL_IP = IPv4Address("10.9.0.100")
 
@@ -63,5 +69,79 @@ def test_reload_takes_new_fixed_hosts_and_keeps_leases(tmp_path: Path) -> None:
         assert server.allocator.lease_of("52:54:00:ff:00:01") == lease
         with pytest.raises(DhcpConfigError, match="restart the server"):
             server.reload(parse_inventory(yaml.safe_load(INVENTORY.replace("MODE", "reservation"))))
+    finally:
+        store.close()
+
+
+async def until(check: Callable[[], bool], within: float) -> float:
+    """Seconds until `check()` holds; fails after `within`."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < within, f"not within {within} s"
+        await asyncio.sleep(0.005)
+    return time.monotonic() - started
+
+
+def state_of(server: DhcpServer, mac: str) -> State | None:
+    view = server._node(mac)
+    return view.state if view else None
+
+
+async def test_the_node_view_follows_changes_made_elsewhere(tmp_path: Path) -> None:
+    """Another process's transition (another connection to the file) is seen within a
+    poll, one applied by this process's lifecycle service at once, and a MAC the
+    inventory moved leaves the view."""
+    inv = parse_inventory(yaml.safe_load(INVENTORY.replace("MODE", "full")))
+    store = open_store(tmp_path)
+    assert isinstance(store, SqliteStore)
+    other = SqliteStore(store.path)  # what the CLI, in another process, writes through
+    store.import_inventory(inv)
+    server = DhcpServer(inv, store, interface="eth9")
+    server._read_nodes()
+    server._refresh_task = server._follow_nodes()
+    try:
+        two, three = "52:54:00:00:00:02", "52:54:00:00:00:03"
+        assert state_of(server, two) is State.ENROLLED
+        other.transition("node02", Event.PXE_BOOT, "cli")
+        await until(lambda: state_of(server, two) is State.PXE_BOOTING, 1.0)
+
+        server.lifecycle.fire("node03", Event.DECOMMISSION, "admin")
+        waited = await until(lambda: state_of(server, three) is not State.ENROLLED, 1.0)
+        assert waited < NODE_POLL_S / 2, "woken by the transition, not by the next poll"
+        assert state_of(server, three) is State.DECOMMISSIONED
+
+        moved = INVENTORY.replace("MODE", "full").replace("52:54:00:00:00:02", "52:54:00:00:00:22")
+        other.import_inventory(parse_inventory(yaml.safe_load(moved)))
+        await until(lambda: server._node("52:54:00:00:00:22") is not None, 1.0)
+        assert server._node("52:54:00:00:00:02") is None, "the old MAC is no longer node02's"
+        assert server.follow_nodes() == 0, "nothing new after the cursor: nothing re-read"
+    finally:
+        await server.stop()
+        assert server.lifecycle.listeners == []
+        other.close()
+        store.close()
+
+
+def test_a_store_error_while_following_loses_no_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inv = parse_inventory(yaml.safe_load(INVENTORY.replace("MODE", "full")))
+    store = open_store(tmp_path)
+    try:
+        store.import_inventory(inv)
+        server = DhcpServer(inv, store, interface="eth9")
+        server._read_nodes()
+        store.transition("node02", Event.PXE_BOOT, "cli")
+
+        def unavailable(hostname: str) -> None:
+            raise sqlite3.OperationalError("database is locked")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(store, "get_node", unavailable)
+            with pytest.raises(sqlite3.OperationalError):
+                server.follow_nodes()
+        assert state_of(server, "52:54:00:00:00:02") is State.ENROLLED, "the view is kept"
+        assert server.follow_nodes() == 1, "read again once the store answers"
+        assert state_of(server, "52:54:00:00:00:02") is State.PXE_BOOTING
     finally:
         store.close()

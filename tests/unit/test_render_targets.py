@@ -277,6 +277,60 @@ def test_nixos_node_config_uses_the_node_disk_and_profile_modules() -> None:
     )
 
 
+def with_rack(name: str, node_production_ip: str | None = None) -> Inventory:
+    """`name` plus rack2, a /25 behind a relay with its own router and DNS, and r2n1 in it."""
+    import yaml
+
+    data = yaml.safe_load((EXAMPLES / name / "cluster.yaml").read_text())
+    data["networks"].append(
+        {"name": "rack2", "vlan": 202, "subnet": "10.78.2.0/25", "gateway": "10.78.2.1",
+         "dns": ["10.78.2.53"],
+         "dhcp": {"mode": "full", "pool": {"start": "10.78.2.100", "end": "10.78.2.120"}}}
+    )  # fmt: skip
+    node = {"hostname": "r2n1", "macs": ["52:54:00:78:02:01"], "profile": "worker",
+            "provisioning_ip": "10.78.2.20", "production_ip": node_production_ip}  # fmt: skip
+    data["nodes"].append({k: v for k, v in node.items() if v is not None})
+    return parse_inventory(data)
+
+
+def networking(files: dict[str, str | bytes], fqdn: str) -> str:
+    config = text(files, f"nodes/{fqdn}/configuration.nix")
+    return config[config.index("  networking = {") : config.index("\n  };\n")]
+
+
+def test_nixos_a_rack_node_without_production_uses_its_own_rack_network() -> None:
+    files = render("nixos", with_rack("lab"), RenderContext())
+    rack = networking(files, "r2n1.lab.internal")
+    assert "interfaces.eth0 = {" in rack and "eth1" not in rack
+    assert 'address = "10.78.2.20"; prefixLength = 25;' in rack
+    assert 'defaultGateway = { address = "10.78.2.1"; interface = "eth0"; };' in rack
+    assert 'nameservers = [ "10.78.2.53" ];' in rack
+    lab = networking(files, "node01.lab.internal")  # the first network's node is unchanged
+    assert "prefixLength = 24;" in lab
+    assert 'defaultGateway = { address = "10.77.0.1"; interface = "eth0"; };' in lab
+    assert 'nameservers = [ "10.77.0.1" ];' in lab
+
+
+def test_nixos_a_rack_node_routes_on_production_and_falls_back_to_its_rack_dns() -> None:
+    files = render("nixos", with_rack("plasmacloud", "10.0.200.30"), RenderContext())
+    rack = networking(files, "r2n1.example.com")
+    assert 'address = "10.78.2.20"; prefixLength = 25;' in rack
+    assert 'address = "10.0.200.30"; prefixLength = 24;' in rack
+    assert 'defaultGateway = { address = "10.0.200.1"; interface = "eth1"; };' in rack
+    assert 'nameservers = [ "10.78.2.53" ];' in rack, "production names no DNS: the rack's"
+    first = networking(files, "node04.example.com")
+    assert 'nameservers = [ "10.0.100.1" "8.8.8.8" ];' in first
+
+
+def test_nixos_a_node_without_a_production_address_routes_on_its_rack() -> None:
+    """Production exists, the node has no address there: eth0 only, the rack's router
+    (production's router is not reachable from eth0)."""
+    files = render("nixos", with_rack("plasmacloud"), RenderContext())
+    rack = networking(files, "r2n1.example.com")
+    assert "eth1" not in rack
+    assert 'defaultGateway = { address = "10.78.2.1"; interface = "eth0"; };' in rack
+
+
 def test_nix_strings_escape_interpolation() -> None:
     from plasmaboot.render.common import nix_string
 

@@ -21,10 +21,9 @@ from plasmaboot.inventory import Inventory
 from plasmaboot.lifecycle import FAILED_STATES, State
 from plasmaboot.provision import Provisioner
 from plasmaboot.store import NodeRecord
+from plasmaboot.store.following import REREAD_ALL, changed_nodes
 
 PAGE_SIZE = 100
-EVENTS_PAGE = 1000
-REREAD_ALL = 1000  # more changed nodes than this in one catch-up: read every node
 
 
 @dataclass(frozen=True)
@@ -119,14 +118,7 @@ class FleetIndex:
         if self.provisioner.inventory is not self._inventory:
             self._read_all()
             return self.cursor
-        changed: set[str] = set()
-        while True:
-            page = store.events_page(self.cursor, EVENTS_PAGE)
-            changed.update(event.node for event in page)
-            if page:
-                self.cursor = page[-1].id
-            if len(page) < EVENTS_PAGE:
-                break
+        changed, self.cursor = changed_nodes(store, self.cursor)
         if len(changed) > REREAD_ALL:
             self._read_all()
             return self.cursor

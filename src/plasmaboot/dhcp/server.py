@@ -11,6 +11,12 @@ lease the store refuses turns its ACK into a NAK and the allocator adopts the ho
 write that fails sends no ACK and undoes the batch in the allocator. With a shared store
 the leases other servers wrote are read back as soon as PostgreSQL notifies their commit
 (the rows it names), and all of them every few seconds (store/changes.py).
+
+Its node view (each MAC's node and lifecycle state) follows the event log the same way,
+with either store: when the events watch wakes (a commit on PostgreSQL, a transition this
+process applied, else every `NODE_POLL_S`), the nodes named by the events after its
+cursor are read again, so a change made through another server or the CLI counts here
+within a second.
 """
 
 from __future__ import annotations
@@ -38,17 +44,21 @@ from plasmaboot.dhcp.responder import BROADCAST, NodeView, Reply, Responder
 from plasmaboot.inventory import Inventory
 from plasmaboot.lifecycle import TRANSITIONS, Event, IllegalTransition, State
 from plasmaboot.provision.lifecycle import LifecycleService
-from plasmaboot.store import Store
+from plasmaboot.store import EventRecord, Store
+from plasmaboot.store.changes import ChangeWatch
+from plasmaboot.store.following import REREAD_ALL, changed_nodes
 
 log = logs.get_logger(__name__)
 
-NODE_REFRESH_S = 5.0
+# Without notifications (SQLite, or PostgreSQL's listener reconnecting): how long a change
+# made by another process may take to reach the node view (the event stream's period).
+NODE_POLL_S = 0.5
 # With a shared store: how often the leases other servers wrote are read back while
 # notifications are down (store/changes.py). A stale view costs at most a refused write
 # and a NAK, never a duplicate (the store decides).
 LEASE_REFRESH_S = 1.0
 # After a read-back, notifications gather this long: a storm's many commits make one read.
-LEASE_SETTLE_S = 0.05
+SETTLE_S = 0.05
 # A DHCP client without an address broadcasts: a socket bound to one address never sees it.
 # The server listens on the wildcard, limited to its interface by SO_BINDTODEVICE, whatever
 # address the other services bind to.
@@ -101,6 +111,9 @@ class DhcpServer:
             self.config, self.allocator, self._node, self._pxe_seen, server_port=port
         )
         self._nodes: dict[str, NodeView] = {}
+        self._node_macs: dict[str, tuple[str, ...]] = {}  # hostname -> its MACs in the view
+        self._node_cursor = 0  # the newest event id the node view reflects
+        self._node_watch: ChangeWatch | None = None
         self._counters: Counter[str] = Counter()
         self._pending: list[tuple[socket.socket, Reply]] = []
         self._commit_scheduled = False
@@ -126,7 +139,7 @@ class DhcpServer:
             )
         loop = self._loop = asyncio.get_running_loop()
         self.allocator.load(self.store.leases())
-        self._refresh_nodes()
+        self._read_nodes()
         ports = [(self.port, False)]
         if self.config.proxy:
             ports.append((self.pxe_port, True))
@@ -138,7 +151,7 @@ class DhcpServer:
         except DhcpConfigError:
             self._close_sockets(loop)
             raise
-        self._refresh_task = asyncio.create_task(self._refresh_loop())
+        self._refresh_task = self._follow_nodes()
         if self.store.shared:
             self._lease_task = asyncio.create_task(self._lease_refresh_loop())
         metrics.track(self)
@@ -172,6 +185,10 @@ class DhcpServer:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        if self._node_watch is not None:
+            self.lifecycle.listeners.remove(self._wake_nodes)
+            self._node_watch.close()
+            self._node_watch = None
         self._commit()
         self._close_sockets(asyncio.get_running_loop())
         metrics.untrack(self)
@@ -359,21 +376,59 @@ class DhcpServer:
     def _node(self, mac: str) -> NodeView | None:
         return self._nodes.get(mac)
 
-    def _refresh_nodes(self) -> None:
+    def _read_nodes(self) -> None:
+        """Every node, and the newest event id as the cursor (read first: what changes
+        meanwhile is read again by the next `follow_nodes`)."""
+        newest = self.store.events(limit=1)
         records = self.store.list_nodes()
         self._nodes = {
             mac: NodeView(rec.hostname, rec.state, self._overrides(rec.hostname))
             for rec in records
             for mac in rec.macs
         }
+        self._node_macs = {rec.hostname: rec.macs for rec in records}
+        self._node_cursor = max(self._node_cursor, newest[-1].id if newest else 0)
 
-    async def _refresh_loop(self) -> None:
+    def follow_nodes(self) -> int:
+        """Re-read the nodes named by the events after the cursor (every node after a large
+        burst); how many were read. The cursor moves only once all are read: a store error
+        midway leaves them to the next try."""
+        changed, cursor = changed_nodes(self.store, self._node_cursor)
+        if len(changed) > REREAD_ALL:
+            self._read_nodes()
+            return len(self._node_macs)
+        records = {hostname: self.store.get_node(hostname) for hostname in changed}
+        for hostname, record in records.items():
+            for mac in self._node_macs.pop(hostname, ()):
+                if (view := self._nodes.get(mac)) is not None and view.hostname == hostname:
+                    del self._nodes[mac]
+            if record is not None:
+                self._node_macs[hostname] = record.macs
+                view = NodeView(hostname, record.state, self._overrides(hostname))
+                self._nodes.update(dict.fromkeys(record.macs, view))
+        self._node_cursor = cursor
+        return len(changed)
+
+    def _follow_nodes(self) -> asyncio.Task[None]:
+        """Keep the node view current from now on (until `stop`)."""
+        self._node_watch = self.store.watch("events")
+        self.lifecycle.listeners.append(self._wake_nodes)
+        return asyncio.create_task(self._follow_nodes_loop(self._node_watch))
+
+    def _wake_nodes(self, _event: EventRecord) -> None:
+        """A lifecycle listener: this process applied a transition, read it now."""
+        if self._node_watch is not None:
+            self._node_watch.notify()
+
+    async def _follow_nodes_loop(self, watch: ChangeWatch) -> None:
         while True:
-            await asyncio.sleep(NODE_REFRESH_S)
+            await watch.wait_for_change(NODE_POLL_S)
             try:
-                self._refresh_nodes()
-            except Exception:
-                log.exception("dhcp: node refresh failed; keeping the previous view")
+                self._counters["nodes_refreshed"] += self.follow_nodes()
+            except Exception as exc:  # the store is down: keep the view, read again later
+                self._counters["node_refresh_failures"] += 1
+                log.warning("dhcp: node refresh failed; keeping the previous view", error=str(exc))
+            await asyncio.sleep(SETTLE_S)
 
     def refresh_leases(self, ips: Collection[str] | None = None) -> int:
         """Adopt the leases other servers sharing the store wrote (docs/store.md): the
@@ -398,7 +453,7 @@ class DhcpServer:
                     log.warning(
                         "dhcp: lease refresh failed; keeping the previous view", error=str(exc)
                     )
-                await asyncio.sleep(LEASE_SETTLE_S)
+                await asyncio.sleep(SETTLE_S)
         finally:
             watch.close()
 

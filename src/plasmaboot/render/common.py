@@ -116,9 +116,19 @@ def overridden(inv: Inventory, node: Node) -> list[ArchBoot]:
     return [b for b in arch_boots(inv, node.boot_overrides) if b.arch in keys]
 
 
-def cluster_network(inv: Inventory) -> Network:
-    """Where nodes talk to each other: production, or provisioning when there is none."""
-    return inv.network("production") or inv.provisioning
+def provisioning_network(inv: Inventory, node: Node) -> Network:
+    """The provisioning network (rack) holding the node's provisioning address, whose
+    prefix, router and DNS the node uses there (validation puts every node in one)."""
+    return inv.network_of(node.provisioning_ip) or inv.provisioning
+
+
+def cluster_network(inv: Inventory, node: Node) -> Network:
+    """Where a node talks to the others and routes by default: production when it has an
+    address there, else its own provisioning network (as `cluster_ip`)."""
+    production = inv.network("production")
+    if production is not None and node.production_ip is not None:
+        return production
+    return provisioning_network(inv, node)
 
 
 def cluster_ip(inv: Inventory, node: Node) -> IPv4Address:

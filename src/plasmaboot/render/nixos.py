@@ -21,6 +21,7 @@ from plasmaboot.render.common import (
     cluster_network,
     nix_list,
     nix_string,
+    provisioning_network,
 )
 from plasmaboot.render.etcd import nixos_etcd, runs_etcd
 from plasmaboot.render.firewall import nixos_firewall, resolved_rules
@@ -81,27 +82,28 @@ def _interface(name: str, address: str, prefix: int) -> list[str]:
 
 
 def _networking(inv: Inventory, node: Node) -> list[str]:
-    """eth0 on provisioning, eth1 on production (the runbook's layout), default route on
-    the cluster network."""
-    provisioning = inv.provisioning
+    """eth0 on the node's own provisioning network (its rack's), eth1 on production (the
+    runbook's layout); the default route and DNS of the cluster network, DNS falling back
+    to the rack's."""
+    own = provisioning_network(inv, node)
     lines = [
         "  networking = {",
         f"    hostName = {nix_string(node.hostname)};",
         f"    domain = {nix_string(inv.cluster.domain)};",
         "    usePredictableInterfaceNames = false;",
-        *_interface("eth0", str(node.provisioning_ip), provisioning.subnet.prefixlen),
+        *_interface("eth0", str(node.provisioning_ip), own.subnet.prefixlen),
     ]
-    production = inv.network("production")
-    if production is not None and node.production_ip is not None:
-        lines += _interface("eth1", str(node.production_ip), production.subnet.prefixlen)
-    route = cluster_network(inv)
-    device = "eth1" if route is production and node.production_ip is not None else "eth0"
+    route = cluster_network(inv, node)
+    device = "eth0"
+    if route is not own and node.production_ip is not None:
+        lines += _interface("eth1", str(node.production_ip), route.subnet.prefixlen)
+        device = "eth1"
     if route.gateway is not None:
         lines.append(
             f"    defaultGateway = {{ address = {nix_string(str(route.gateway))}; "
             f"interface = {nix_string(device)}; }};"
         )
-    dns = [str(ip) for ip in (route.dns or provisioning.dns)]
+    dns = [str(ip) for ip in (route.dns or own.dns)]
     lines += [f"    nameservers = {nix_list(dns)};", "  };"]
     return lines
 

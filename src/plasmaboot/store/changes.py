@@ -7,7 +7,8 @@ wakes it as soon as another transaction that wrote to the topic commits, naming 
 changed (the leases' addresses, the events' nodes); with SQLite (one server), or while
 PostgreSQL's listener is reconnecting, it wakes every `poll_s`. Either way the reader
 then reads the store from its own cursor (or re-reads what was named), never from the
-notification itself: a wake too many costs one query, and none can lose a change.
+notification itself: a wake too many costs one query, and none can lose a change. Readers
+that keep node records re-read the nodes the new events name (`following.py`).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from plasmaboot.lab.cli import app as lab_app
 from plasmaboot.operations import cli as operations_cli
 from plasmaboot.operations.cli import operator
 from plasmaboot.operations.client import OperatorClient
-from plasmaboot.operations.day2_cli import JOB_COMMANDS
+from plasmaboot.operations.day2_cli import JOB_COMMANDS, rotate, rotate_ca
 from plasmaboot.operations.day2_cli import rollout as rollout_command
 from plasmaboot.pki.cli import app as pki_app
 from plasmaboot.render.cli import render_command
@@ -58,6 +58,9 @@ app.command("rollout")(rollout_command)
 app.command("watch")(watch_command)
 for _command in (*operations_cli.NODE_COMMANDS, *JOB_COMMANDS):
     node_app.command(_command.__name__)(_command)
+# They deliver over SSH, so they live above pki's own layer.
+pki_app.command("rotate")(rotate)
+pki_app.command("rotate-ca")(rotate_ca)
 
 
 @app.command(

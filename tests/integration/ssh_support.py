@@ -63,9 +63,10 @@ def missing_sshd() -> str | None:
 
 @contextmanager
 def running_sshd(
-    base: Path, port: int, addresses: Sequence[str] = ("127.0.0.1",)
+    base: Path, port: int, addresses: Sequence[str] = ("127.0.0.1",), extra_config: str = ""
 ) -> Iterator[SshHost]:
-    """sshd listening on `addresses` (loopback) at `port`, its keys and log in `base`."""
+    """sshd listening on `addresses` (loopback) at `port`, its keys and log in `base`;
+    `extra_config`: more sshd_config lines (a ForceCommand standing in for a node's root)."""
     sshd = shutil.which("sshd") or "/usr/sbin/sshd"
     for key in ("host_key", "client_key"):
         subprocess.run(
@@ -73,7 +74,8 @@ def running_sshd(
         )
     (base / "authorized_keys").write_text((base / "client_key.pub").read_text())
     listen = "\n".join(f"ListenAddress {address}" for address in addresses)
-    (base / "sshd_config").write_text(SSHD_CONFIG.format(port=port, listen=listen, dir=base))
+    config = SSHD_CONFIG.format(port=port, listen=listen, dir=base) + extra_config
+    (base / "sshd_config").write_text(config)
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
     log = (base / "sshd.log").open("wb")
     server = subprocess.Popen(

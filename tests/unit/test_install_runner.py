@@ -105,6 +105,19 @@ async def test_output_is_streamed_line_by_line_while_the_installer_runs() -> Non
     assert result.tail == [line for _, line in seen]
 
 
+async def test_stdin_reaches_the_command_and_never_its_argv() -> None:
+    """A secret (a node key on its way) goes in on stdin: argv is logged and shown by ps."""
+    secret = b"-----BEGIN PRIVATE KEY-----\n" * 5000  # more than a pipe buffer
+    lines: list[str] = []
+
+    result = await InstallRunner(max_concurrent=1, timeout_s=30).run(
+        "n1", ["sh", "-c", "wc -c; echo args: $#"], {}, lines.append, stdin=secret
+    )
+
+    assert result.ok, result.tail
+    assert [line.strip() for line in lines] == [str(len(secret)), "args: 0"]
+
+
 async def test_failure_reports_returncode_and_only_the_tail() -> None:
     # No braces in the script: they would be read as placeholders.
     script = "import sys\nfor i in range(100): print('line', i)\nsys.exit(3)\n"

@@ -109,21 +109,25 @@ class InstallRunner:
         argv_template: Sequence[str],
         variables: Mapping[str, str],
         on_line: Callable[[str], None],
+        stdin: bytes | None = None,
     ) -> InstallResult:
+        """`stdin`: what the command reads (a secret goes there, never into its argv,
+        which is logged and visible in ps)."""
         argv = render_argv(argv_template, {"node": node_name, **variables})
         async with self._slots:
-            return await self._run(node_name, argv, on_line)
+            return await self._run(node_name, argv, on_line, stdin)
 
     async def _run(
-        self, node_name: str, argv: list[str], on_line: Callable[[str], None]
-    ) -> InstallResult:
+        self, node_name: str, argv: list[str], on_line: Callable[[str], None],
+        stdin: bytes | None = None,
+    ) -> InstallResult:  # fmt: skip
         tail: collections.deque[str] = collections.deque(maxlen=self.tail_lines)
         started = time.monotonic()
         log.info("install starting", node=node_name, argv=shlex.join(argv))
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
@@ -145,6 +149,8 @@ class InstallRunner:
         timed_out = False
         try:
             async with asyncio.timeout(self.timeout_s):
+                if stdin is not None:
+                    await _feed(process, stdin)
                 await _exited(process)
                 # A child left behind (a daemon it started, say) may keep the pipe open
                 # after the installer exited: read on only briefly, then end the group.
@@ -179,6 +185,16 @@ class InstallRunner:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
         await _exited(process)
+
+
+async def _feed(process: asyncio.subprocess.Process, data: bytes) -> None:
+    """Write the command's input and close it; one that exits without reading it all
+    fails by its exit status, not here."""
+    assert process.stdin is not None
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        process.stdin.write(data)
+        await process.stdin.drain()
+    process.stdin.close()
 
 
 async def _exited(process: asyncio.subprocess.Process) -> None:

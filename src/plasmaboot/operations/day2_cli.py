@@ -1,9 +1,9 @@
 """CLI for the jobs: `plasmaboot rollout` (runbook 7.4), `node rollback` (9.1), `node
-replace` (7.2) and `node adopt`. Like the node procedures they act here (this machine's
-store, inventory file and PKI) or, with --server, through a server's admin API, which
-runs the same job (operations/procedures.py `JOBS`) on its own inventory and reloads it
-after an edit. The options a server refuses (a command given by the caller, ssh settings
-that run one) are refused here first, with the reason.
+replace` (7.2), `node adopt` and `pki rotate|rotate-ca` (10.2). Like the node procedures
+they act here (this machine's store, inventory file and PKI) or, with --server, through a
+server's admin API, which runs the same job (operations/procedures.py `JOBS`) on its own
+inventory and reloads it after an edit. The options a server refuses (a command given by
+the caller, ssh settings that run one) are refused here first, with the reason.
 
 These are apart from cli.py (the procedures, power, and what every command shares) only
 so that each file reads in one sitting.
@@ -49,6 +49,8 @@ from plasmaboot.operations.procedures import (
     ReplaceOptions,
     RollbackOptions,
     RolloutOptions,
+    RotateCaOptions,
+    RotateOptions,
     outcome,
 )
 from plasmaboot.operations.rollback import RollbackResult
@@ -58,6 +60,7 @@ from plasmaboot.operations.rollout import (
     HEALTH_CHECK,
     RolloutResult,
 )
+from plasmaboot.operations.rotate import CaRotationReport, RotationResult
 
 HealthTimeout = Annotated[float, typer.Option(help="Seconds a node has to pass the health gate.")]
 NoGate = Annotated[
@@ -249,4 +252,104 @@ def adopt(
     )  # fmt: skip
 
 
-JOB_COMMANDS = (rollback, replace, adopt)  # `node ...`; rollout is a command of its own
+RotateKey = Annotated[bool, typer.Option(
+    "--rotate-key", help="New private keys too (default: keep each node's key).")]  # fmt: skip
+RotateForce = Annotated[bool, typer.Option(
+    "--force", help="Restart services even when `cluster verify` fails first (a member "
+    "down: a restart may cost the quorum).")]  # fmt: skip
+
+
+def rotate(
+    nodes: Nodes, config: Config = None, state_dir: StateDirOption = DEFAULT_STATE_DIR,
+    rotate_key: RotateKey = False, force: RotateForce = False,
+    health_timeout: HealthTimeout = 300, no_health_gate: NoGate = False,
+    cluster_config: ClusterConfig = None, ssh_option: SshOptions = None,
+    store_at: StoreOption = None, as_json: JsonOption = False, server: ServerOption = None,
+    token_file: TokenFileOption = None, ca: CaOption = None,
+) -> None:  # fmt: skip
+    """Runbook 10.2: new node certificates, delivered and loaded one node at a time.
+
+    Per node: reached over SSH as root, its certificate reissued from STATE_DIR/pki (same
+    SANs), the CA file, certificate and key written in place atomically, the services that
+    read them restarted, then the rollout's health gate; stops at the first failure,
+    naming the node and the step. Events in the node's history. Refused while `cluster
+    verify` fails, unless --force."""
+    options = RotateOptions(
+        nodes=nodes, rotate_key=rotate_key, force=force, health_timeout=health_timeout,
+        no_health_gate=no_health_gate, ssh_options=ssh_option or [],
+    )  # fmt: skip
+    _local_only(server, "rotate", options)
+    with operator(state_dir, store_at, server, token_file, ca, config,
+                  cluster_config=cluster_config,
+                  log=log_to_stderr if as_json else None) as client:  # fmt: skip
+        refuse_unknown(client, nodes)
+        result: RotationResult = _job(client, "rotate", options)
+    if as_json:
+        print(json.dumps(result.as_json(), indent=2))
+    else:
+        for node in result.nodes:
+            line = (f"new certificate {node.serial}, delivered, healthy" if node.ok
+                    else f"stopped at {node.step}: {node.reason}")  # fmt: skip
+            out.print(f"{node.node}: {line}", markup=False, highlight=False,
+                      style=None if node.ok else "red", soft_wrap=True)  # fmt: skip
+    if not result.ok:
+        err.print(f"stopped; not started: {', '.join(result.not_started) or 'none'}",
+                  markup=False, highlight=False)  # fmt: skip
+        raise typer.Exit(1)
+
+
+def _ca_report(report: CaRotationReport) -> None:
+    out.print(f"CA rotation: {report.phase} (old CA {report.old_ca}, new CA {report.new_ca})",
+              markup=False, highlight=False)  # fmt: skip
+    for phase, done in report.finished.items():
+        out.print(f"  {phase}: {', '.join(done) or 'no node yet'}", markup=False,
+                  highlight=False)  # fmt: skip
+    if report.skipped:
+        out.print(f"  skipped (--force): {', '.join(report.skipped)}", markup=False,
+                  highlight=False)  # fmt: skip
+    if report.reissued_here:
+        out.print(f"  reissued here from the new CA: {', '.join(report.reissued_here)}; "
+                  "restart a running serve for its admin certificate", markup=False,
+                  highlight=False, soft_wrap=True)  # fmt: skip
+
+
+def rotate_ca(
+    config: Config = None, state_dir: StateDirOption = DEFAULT_STATE_DIR,
+    status: Annotated[bool, typer.Option(
+        "--status", help="Only report where a CA rotation is.")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Go on without the nodes SSH cannot reach (they keep only the CA "
+        "they have), or while `cluster verify` fails.")] = False,
+    rotate_key: RotateKey = False, health_timeout: HealthTimeout = 300,
+    no_health_gate: NoGate = False, cluster_config: ClusterConfig = None,
+    ssh_option: SshOptions = None, store_at: StoreOption = None, as_json: JsonOption = False,
+    server: ServerOption = None, token_file: TokenFileOption = None, ca: CaOption = None,
+) -> None:  # fmt: skip
+    """Runbook 10.2: a new cluster CA, trusted beside the old one until every node moved.
+
+    Phases, each on every installed node (one at a time, health-gated) before the next:
+    bundle (the nodes trust the old and the new CA), reissue (node certificates from the
+    new CA), drop-old (the new CA alone). Progress is kept in STATE_DIR/pki: run it again
+    to resume after a failure. A node SSH cannot reach stops it unless --force."""
+    options = RotateCaOptions(status=status, force=force, rotate_key=rotate_key,
+                              health_timeout=health_timeout, no_health_gate=no_health_gate,
+                              ssh_options=ssh_option or [])  # fmt: skip
+    _local_only(server, "rotate-ca", options)
+    with operator(state_dir, store_at, server, token_file, ca, config,
+                  cluster_config=cluster_config,
+                  log=log_to_stderr if as_json else None) as client:  # fmt: skip
+        report: CaRotationReport | None = _job(client, "rotate-ca", options)
+    if as_json:
+        print(json.dumps(asdict(report) if report else None, indent=2))
+    elif report is None:
+        out.print("no CA rotation in progress", highlight=False)
+    else:
+        _ca_report(report)
+    if report is not None and not report.ok:
+        err.print(f"stopped at {report.failed} ({report.step}): {report.reason}. Fix it, then "
+                  "run `plasmaboot pki rotate-ca` again to resume", markup=False,
+                  highlight=False, soft_wrap=True)  # fmt: skip
+        raise typer.Exit(1)
+
+
+JOB_COMMANDS = (rollback, replace, adopt)  # `node ...`; rollout, `pki rotate|rotate-ca` apart

@@ -4,8 +4,9 @@ and what the admin API runs on a server for a remote CLI (web/operations.py).
 - `PROCEDURES` act on one node with no options of their own (`POST
   /api/v1/nodes/{hostname}/procedures/{NAME}`): provision, drain, decommission...
 - `JOBS` take their own options (a pydantic model, the request body of `POST
-  /api/v1/procedures/{NAME}`) and return a result the CLI prints: rollout and rollback
-  (several nodes in turn, health-gated), replace and adopt (they edit the inventory file).
+  /api/v1/procedures/{NAME}`) and return a result the CLI prints: rollout, rollback and
+  rotate (several nodes in turn, health-gated), rotate-ca (every node, phase by phase),
+  replace and adopt (they edit the inventory file).
 
 A new one is one entry here (and its CLI command): the API route and the remote client
 take it from there. A job runs on a `Site`: the node operations, the inventory file, the
@@ -38,6 +39,14 @@ from plasmaboot.operations.rollout import (
     over_ssh,
     ssh_options_refusal,
 )
+from plasmaboot.operations.rotate import (
+    CaRotationReport,
+    Delivery,
+    Rotate,
+    RotateCa,
+    RotationResult,
+)
+from plasmaboot.pki import PKIError
 from plasmaboot.power import PowerError
 from plasmaboot.provision import Provisioner
 from plasmaboot.provision.nodefiles import pki_dir
@@ -45,7 +54,7 @@ from plasmaboot.store import UnknownNode
 
 Run = Callable[[NodeOperations, str], Awaitable[None] | None]
 # What the CLI reports as `refused:` (or `failed:`, OperationFailed) without a traceback.
-REFUSALS = (OperationError, IllegalTransition, UnknownNode, PowerError)
+REFUSALS = (OperationError, IllegalTransition, UnknownNode, PowerError, PKIError)
 
 
 @dataclass(frozen=True)
@@ -141,6 +150,24 @@ class RollbackOptions(Options):
     ssh_options: list[str] = []
 
 
+class RotateOptions(Options):
+    nodes: list[str]
+    rotate_key: bool = False
+    force: bool = False  # even when cluster verify fails before the first restart
+    health_timeout: float = Field(default=300.0, ge=1, le=24 * 3600)
+    no_health_gate: bool = False
+    ssh_options: list[str] = []
+
+
+class RotateCaOptions(Options):
+    status: bool = False  # only report where a rotation is
+    force: bool = False  # go on without the nodes SSH cannot reach, or in an unhealthy cluster
+    rotate_key: bool = False
+    health_timeout: float = Field(default=300.0, ge=1, le=24 * 3600)
+    no_health_gate: bool = False
+    ssh_options: list[str] = []
+
+
 class ReplaceOptions(Options):
     node: str
     macs: list[str]
@@ -189,6 +216,21 @@ async def _rollback(site: Site, o: RollbackOptions) -> RollbackResult:
     return await Rollback(site.ops, gate, o.ssh_options).run(o.nodes)
 
 
+def _delivery(site: Site, o: RotateOptions | RotateCaOptions) -> Delivery:
+    """Certificates reach the nodes over the SSH a rollback uses, the same health gate."""
+    gate = site.gate(over_ssh(HEALTH_CHECK, o.ssh_options), o.health_timeout, o.no_health_gate)
+    return Delivery(site.ops, site.pki, gate, o.ssh_options)
+
+
+async def _rotate(site: Site, o: RotateOptions) -> RotationResult:
+    return await Rotate(_delivery(site, o), o.rotate_key, o.force).run(o.nodes)
+
+
+async def _rotate_ca(site: Site, o: RotateCaOptions) -> CaRotationReport | None:
+    job = RotateCa(_delivery(site, o), o.force, o.rotate_key)
+    return job.status() if o.status else await job.run()
+
+
 async def _replace(site: Site, o: ReplaceOptions) -> None:
     job = Replace(site.ops, site.inventory(), site.pki, o.provision, edited=site.edited)
     await job.run(o.node, o.macs)
@@ -223,6 +265,19 @@ JOBS: Mapping[str, Job] = {
         RollbackOptions, _rollback, RollbackResult.from_json,
         "Runbook 9.1, `node rollback`: each node back to its previous system, health-gated",
         _rollback_refusal,
+    ),
+    "rotate": Job(
+        RotateOptions, _rotate, RotationResult.from_json,
+        "Runbook 10.2, `pki rotate`: new node certificates delivered over SSH, services "
+        "restarted one node at a time, health-gated",
+        lambda o: ssh_options_refusal(o.ssh_options),
+    ),
+    "rotate-ca": Job(
+        RotateCaOptions, _rotate_ca,
+        lambda found: None if found is None else CaRotationReport(**found),
+        "Runbook 10.2, `pki rotate-ca`: a new CA, trusted beside the old one until every "
+        "node has moved (resumable; `status` only reports)",
+        lambda o: ssh_options_refusal(o.ssh_options),
     ),
     "replace": Job(
         ReplaceOptions, _replace, lambda found: None,

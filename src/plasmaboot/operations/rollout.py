@@ -66,16 +66,17 @@ def variables(ops: NodeOperations, hostname: str) -> dict[str, str]:
 
 async def run_step(
     ops: NodeOperations, hostname: str, command: str, event: str, timeout_s: float,
-    output_event: str | None = None,
+    output_event: str | None = None, stdin: bytes | None = None,
 ) -> bool:  # fmt: skip
-    """Run one command template for the node; its outcome (the last lines too) becomes
-    the event `event`, after every output line in `output_event` events when named."""
+    """Run one command template for the node (`stdin`: what it reads); its outcome (the
+    last lines too) becomes the event `event`, after every output line in `output_event`
+    events when named."""
     runner = InstallRunner(1, timeout_s)
     output = EventLines(ops.store, hostname, output_event) if output_event else None
     try:
         result = await runner.run(
             hostname, split_command(command), variables(ops, hostname),
-            output or (lambda line: None),
+            output or (lambda line: None), stdin,
         )  # fmt: skip
     finally:
         if output is not None:

@@ -51,6 +51,7 @@ class CertInfo:
     dns_names: tuple[str, ...]
     ip_addresses: tuple[str, ...]
     not_after: dt.datetime
+    serial: str = ""  # hex, as a TLS peer reports it
 
     def days_left(self, now: dt.datetime | None = None) -> float:
         moment = now or dt.datetime.now(dt.UTC)
@@ -221,7 +222,8 @@ def issue_server_cert(
 
 
 def renew(pki_dir: Path, hostname: str, days: int = 365, rotate_key: bool = False) -> NodeCertPaths:
-    """Re-issue a node certificate with the same SANs and a new validity window.
+    """Re-issue a certificate with the same SANs, usages and a new validity window, from
+    the CA that signs now (a CA rotation reissues with it).
 
     The private key is kept by default, so a node can pick up the new certificate without a
     key redistribution; ``rotate_key`` generates a fresh key (after a suspected compromise).
@@ -235,8 +237,12 @@ def renew(pki_dir: Path, hostname: str, days: int = 365, rotate_key: bool = Fals
     san = old.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     dns_names = san.get_values_for_type(x509.DNSName)
     ips = [ip for ip in san.get_values_for_type(x509.IPAddress) if not isinstance(ip, _NETWORKS)]
+    try:
+        usages = tuple(old.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        usages = tuple(_NODE_USAGES)
     key = ec.generate_private_key(ec.SECP256R1()) if rotate_key else _load_key(paths.key)
-    cert = _sign_node(pki_dir, dns_names, ips, key, days)
+    cert = _sign_node(pki_dir, dns_names, ips, key, days, usages)
     if rotate_key:
         _write_key(paths.key, key)
     _write_cert(paths.cert, cert)
@@ -264,6 +270,7 @@ def cert_info(path: Path) -> CertInfo:
         dns_names=dns,
         ip_addresses=ips,
         not_after=cert.not_valid_after_utc,
+        serial=format(cert.serial_number, "x"),
     )
 
 

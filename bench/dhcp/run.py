@@ -72,23 +72,28 @@ def veth_pair() -> Iterator[None]:
             sh("ip", "netns", "del", ns, check=False)
 
 
-def plasmaboot_cmd(work: Path) -> list[str]:
+def cluster_yaml(server_ip: str, interface: str) -> str:
+    """The bench's inventory: the /16 with the pool, three bootstrap nodes (never DHCP here)."""
     nodes = "".join(
         f"  - {{hostname: cp{i}, macs: ['52:54:00:cc:00:0{i}'], profile: cp, "
         f"provisioning_ip: 10.232.0.1{i}, bootstrap: true}}\n"
         for i in (1, 2, 3)
     )
-    (work / "cluster.yaml").write_text(
+    return (
         "cluster: {name: bench, domain: bench.internal}\n"
         "networks:\n"
         "  - name: provisioning\n    vlan: 100\n    subnet: 10.232.0.0/16\n"
-        f"    dhcp: {{mode: full, lease_time: 3600, interface: {SERVER_IF},\n"
+        f"    dhcp: {{mode: full, lease_time: 3600, interface: {interface},\n"
         f"           pool: {{start: {POOL[0]}, end: {POOL[1]}}}}}\n"
-        f"server: {{provisioning_ip: {SERVER_IP}}}\n"
+        f"server: {{provisioning_ip: {server_ip}}}\n"
         "profiles: {cp: {role: control-plane, services: [chainfire], image: img}}\n"
         "images: {img: {kernel: k, initrd: i}}\n"
         f"nodes:\n{nodes}"
     )
+
+
+def plasmaboot_cmd(work: Path) -> list[str]:
+    (work / "cluster.yaml").write_text(cluster_yaml(SERVER_IP, SERVER_IF))
     return [
         sys.executable, "-m", "plasmaboot.dhcp", "-c", str(work / "cluster.yaml"),
         "--state-dir", str(work / "state"), "--interface", SERVER_IF, "--log-level", "WARNING",
@@ -105,16 +110,20 @@ def plasmaboot_normal_cmd(work: Path) -> list[str]:
     return [argv[0], "-c", run_with_normal, *argv[3:]]
 
 
-def kea_cmd(work: Path) -> list[str]:
+def kea_cmd(
+    work: Path,
+    interface: str = SERVER_IF,
+    lease_database: dict[str, object] | None = None,
+    settings: dict[str, object] | None = None,
+) -> list[str]:
+    """kea-dhcp4 on the bench's pool; memfile (persist) unless another lease database is
+    given; `settings` go into Dhcp4 as they are (multi-threading, for one)."""
+    memfile = {"type": "memfile", "persist": True, "name": str(work / "kea-leases4.csv"),
+               "lfc-interval": 0}  # fmt: skip
     config = {
         "Dhcp4": {
-            "interfaces-config": {"interfaces": [SERVER_IF], "dhcp-socket-type": "udp"},
-            "lease-database": {
-                "type": "memfile",
-                "persist": True,
-                "name": str(work / "kea-leases4.csv"),
-                "lfc-interval": 0,
-            },
+            "interfaces-config": {"interfaces": [interface], "dhcp-socket-type": "udp"},
+            "lease-database": lease_database or memfile,
             "valid-lifetime": 3600,
             "subnet4": [
                 {"id": 1, "subnet": "10.232.0.0/16", "pools": [{"pool": f"{POOL[0]} - {POOL[1]}"}]}
@@ -124,7 +133,9 @@ def kea_cmd(work: Path) -> list[str]:
             ],
         }
     }
+    config["Dhcp4"].update(settings or {})
     (work / "kea.json").write_text(json.dumps(config))
+    (work / "kea.json").chmod(0o600)  # a database password may be in it
     return ["kea-dhcp4", "-c", str(work / "kea.json")]
 
 
@@ -158,11 +169,20 @@ class Step:
 FAILED = Step(0.0, 1.0, 0.0, 0.0, 0.0, 0.0)
 
 
-def perfdhcp(offered: int, seconds: int) -> Step:
+@dataclass(frozen=True)
+class Client:
+    """Where perfdhcp runs (namespace, its address: the giaddr) and where it sends."""
+
+    ns: str = CLIENT_NS
+    address: str = CLIENT_IP
+    target: str = SERVER_IP
+
+
+def perfdhcp(offered: int, seconds: int, client: Client) -> Step:
     out = subprocess.run(
         in_ns(
-            CLIENT_NS, "perfdhcp", "-4", "-g", "single", "-l", CLIENT_IP, "-r", str(offered),
-            "-R", str(CLIENTS), "-p", str(seconds), "-x", "t", SERVER_IP,
+            client.ns, "perfdhcp", "-4", "-g", "single", "-l", client.address, "-r", str(offered),
+            "-R", str(CLIENTS), "-p", str(seconds), "-x", "t", client.target,
         ),
         capture_output=True, text=True, timeout=seconds + 30,
     ).stdout  # fmt: skip
@@ -197,6 +217,40 @@ def _delays_ms(out: str) -> tuple[list[float], list[float]]:
     return delays[0], delays[1]
 
 
+def climb(name: str, seconds: int, client: Client, refine: int = 0) -> Step:
+    """Offered rates up the ladder until 1% or more fail; the best step under 1% drops.
+    `refine`: that many halvings of the gap between the last rate passed and the first
+    failed (the ladder's rungs are 250-1,000/s apart)."""
+    best, passed, failed = FAILED, 0, 0
+    for offered in LADDER:
+        step = _step(name, offered, seconds, client)
+        if step.drops >= 0.01:
+            failed = offered
+            break
+        best, passed = step, offered
+    for _ in range(refine if failed else 0):
+        time.sleep(seconds)  # the failed step's backlog drains first
+        offered = (passed + failed) // 2
+        step = _step(name, offered, seconds, client)
+        if step.drops >= 0.01:
+            failed = offered
+        else:
+            best, passed = step, offered
+    return best
+
+
+def _step(name: str, offered: int, seconds: int, client: Client) -> Step:
+    step = perfdhcp(offered, seconds, client)
+    print(
+        f"  {name:17s} offered {offered:6d}/s -> {step.rate:8.0f} DORA/s, "
+        f"drops {step.drops:6.2%}, offer p50/p99 {step.offer_p50_ms:.2f}/"
+        f"{step.offer_p99_ms:.2f} ms, ack p50/p99 {step.ack_p50_ms:.2f}/"
+        f"{step.ack_p99_ms:.2f} ms",
+        flush=True,
+    )
+    return step
+
+
 def measure(name: str, seconds: int) -> Step:
     work = Path(tempfile.mkdtemp(prefix=f"pbd-bench-{name}-"))
     env = {**os.environ, "KEA_PIDFILE_DIR": str(work), "KEA_LOCKFILE_DIR": str(work)}
@@ -208,20 +262,7 @@ def measure(name: str, seconds: int) -> Step:
         time.sleep(2.0)
         if proc.poll() is not None:
             raise RuntimeError(f"{name} exited: {(work / 'server.log').read_text()}")
-        best = FAILED
-        for offered in LADDER:
-            step = perfdhcp(offered, seconds)
-            print(
-                f"  {name:17s} offered {offered:6d}/s -> {step.rate:8.0f} DORA/s, "
-                f"drops {step.drops:6.2%}, offer p50/p99 {step.offer_p50_ms:.2f}/"
-                f"{step.offer_p99_ms:.2f} ms, ack p50/p99 {step.ack_p50_ms:.2f}/"
-                f"{step.ack_p99_ms:.2f} ms",
-                flush=True,
-            )
-            if step.drops >= 0.01:
-                break
-            best = step
-        return best
+        return climb(name, seconds, Client())
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -243,28 +284,35 @@ def main() -> None:
             print(f"round {round_no}", flush=True)
             for name in args.servers:
                 results[name].append(measure(name, args.seconds))
+    medians = report(results, ("kea", "dnsmasq"))
+    durable, normal = medians.get("plasmaboot"), medians.get("plasmaboot-normal")
+    if durable and normal and normal.rate:
+        print(f"\nfsync per commit: plasmaboot at {durable.rate / normal.rate:.2f}x of NORMAL")
+
+
+def report(results: dict[str, list[Step]], peers: tuple[str, ...]) -> dict[str, Step]:
+    """Print the medians over rounds as a Markdown table with ratios to `peers`; return them."""
     medians = {
         name: Step(*(statistics.median(getattr(s, f) for s in steps) for f in Step.__annotations__))
         for name, steps in results.items()
     }
+    versus = "".join(f" vs {peer} |" for peer in peers)
     print(
-        "\n| server | DORA/s (<1% drops) | vs Kea | vs dnsmasq | DISCOVER-OFFER p50 / p99 ms "
+        f"\n| server | DORA/s (<1% drops) |{versus} DISCOVER-OFFER p50 / p99 ms "
         "| REQUEST-ACK p50 / p99 ms |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|" + "---|" * len(peers) + "---|---|")
     for name, m in medians.items():
         ratios = [
             f"{m.rate / medians[peer].rate:.2f}x" if peer in medians and medians[peer].rate else "-"
-            for peer in ("kea", "dnsmasq")
+            for peer in peers
         ]
         print(
             f"| {name} | {m.rate:.0f} | {' | '.join(ratios)} | {m.offer_p50_ms:.2f} / "
             f"{m.offer_p99_ms:.2f} | {m.ack_p50_ms:.2f} / {m.ack_p99_ms:.2f} |"
         )
-    durable, normal = medians.get("plasmaboot"), medians.get("plasmaboot-normal")
-    if durable and normal and normal.rate:
-        print(f"\nfsync per commit: plasmaboot at {durable.rate / normal.rate:.2f}x of NORMAL")
     print("per round:", {name: [round(s.rate) for s in steps] for name, steps in results.items()})
+    return medians
 
 
 if __name__ == "__main__":

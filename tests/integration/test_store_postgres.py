@@ -100,7 +100,9 @@ class Server:
 
 
 @pytest.fixture(scope="session")
-def pg_server() -> Iterator[Server]:
+def pg_server(durable: bool = False) -> Iterator[Server]:
+    """The session's server; fsync off (tests want speed). `durable`: fsync and full page
+    writes on, as a published figure needs (benches call `pg_server.__wrapped__`)."""
     bindir = _pg_bin()
     if bindir is None:
         pytest.skip("PostgreSQL server not installed (Debian package postgresql)")
@@ -126,10 +128,9 @@ def pg_server() -> Iterator[Server]:
         run(bindir / "initdb", "-D", data, "-U", "pbadmin", f"--pwfile={pwfile}",
             "-A", "scram-sha-256", "-E", "UTF8", "--locale=C")  # fmt: skip
         pwfile.unlink()
-        settings = (
-            f"-c listen_addresses=127.0.0.1 -p {server.port} -k {base} "
-            "-c fsync=off -c full_page_writes=off -c max_connections=200"
-        )
+        fast = "" if durable else "-c fsync=off -c full_page_writes=off "
+        settings = f"-c listen_addresses=127.0.0.1 -p {server.port} -k {base} {fast}"
+        settings += "-c max_connections=200"
         run(bindir / "pg_ctl", "-D", data, "-l", base / "server.log", "-w", "-t", "60",
             "-o", settings, "start")  # fmt: skip
         started = True

@@ -17,9 +17,11 @@ import random
 import re
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from wire import (
     ACK,
@@ -54,6 +56,7 @@ class ClientResult:
     bytes: int = 0
     booted_at: float | None = None
     error: str | None = None
+    served_by: str | None = None  # the server whose DHCP answered iPXE (its scripts, images)
 
 
 class AddressBatcher:
@@ -86,10 +89,11 @@ class AddressBatcher:
 
 
 async def dhcp_exchange(
-    port: DhcpPort, mac: str, options: dict[int, bytes], expect_bootfile: str
-) -> tuple[str, str]:
-    """DISCOVER -> OFFER -> REQUEST -> ACK; returns (address, next-server). Re-sends every
-    2 s (shorter than RFC 2131's 4 s so a lost packet costs little in a timed storm)."""
+    port: DhcpPort, mac: str, options: dict[int, bytes], expect_bootfiles: Collection[str]
+) -> tuple[str, str, str]:
+    """DISCOVER -> OFFER -> REQUEST -> ACK with the first server that offers; returns
+    (address, next-server, boot file). Re-sends every 2 s (shorter than RFC 2131's 4 s so
+    a lost packet costs little in a timed storm)."""
     hw = bytes.fromhex(mac.replace(":", ""))
     xid = random.getrandbits(32)
     queue: asyncio.Queue[DhcpReply] = asyncio.Queue()
@@ -100,9 +104,9 @@ async def dhcp_exchange(
         ack = await _ask(port, queue, xid, (REQUEST, hw, request), ACK)
     finally:
         del port.waiters[xid]
-    if ack.bootfile != expect_bootfile:
-        raise ValueError(f"DHCP offered boot file {ack.bootfile!r}, expected {expect_bootfile!r}")
-    return ack.yiaddr, ack.siaddr or ack.server_id
+    if ack.bootfile not in expect_bootfiles:
+        raise ValueError(f"DHCP offered boot file {ack.bootfile!r}, expected {expect_bootfiles}")
+    return ack.yiaddr, ack.siaddr or ack.server_id, ack.bootfile
 
 
 def _ip(text: str) -> bytes:
@@ -160,18 +164,20 @@ async def boot_one(
 
     try:
         bootfile = "ipxe.efi" if spec.uefi else "undionly.kpxe"
-        ip, server = await timed("dhcp", dhcp_exchange(port, spec.mac, pxe_options(spec), bootfile))
+        pxe = dhcp_exchange(port, spec.mac, pxe_options(spec), {bootfile})
+        ip, server, _ = await timed("dhcp", pxe)
         await addresses.add(ip)
         result.bytes += await timed(
             "tftp", tftp_get(ip, server, bootfile, blksize=1468, windowsize=spec.windowsize)
         )
-        entry = plan["entry_url"]
-        await timed("dhcp_ipxe", dhcp_exchange(port, spec.mac, ipxe_options(spec), entry))
-        script = await timed("script", fetch_scripts(ip, plan, spec.mac))
-        result.bytes += await timed("kernel", fetch_file(ip, plan, script["kernel"]))
-        result.bytes += await timed("initrd", fetch_file(ip, plan, script["initrd"]))
+        ipxe = dhcp_exchange(port, spec.mac, ipxe_options(spec), plan["entry_urls"])
+        _, _, entry = await timed("dhcp_ipxe", ipxe)
+        result.served_by = host_port(entry)[0]
+        script = await timed("script", fetch_scripts(ip, entry, spec.mac))
+        result.bytes += await timed("kernel", fetch_file(ip, script["kernel"]))
+        result.bytes += await timed("initrd", fetch_file(ip, script["initrd"]))
         if plan["agent"]:
-            await timed("agent", agent_report(ip, plan, spec.mac, script["token"]))
+            await timed("agent", agent_report(ip, entry, spec.mac, script["token"]))
         else:
             result.steps["agent"] = 0.0  # the baseline has no agent API
         result.booted_at = time.monotonic() - t0
@@ -181,8 +187,14 @@ async def boot_one(
     return result
 
 
-async def fetch_scripts(ip: str, plan: dict[str, Any], mac: str) -> dict[str, str]:
-    host, port = plan["server"], plan["http_port"]
+def host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "", parts.port or 80
+
+
+async def fetch_scripts(ip: str, entry_url: str, mac: str) -> dict[str, str]:
+    """From the server whose DHCP answered iPXE (its entry URL)."""
+    host, port = host_port(entry_url)
     entry = await http_request(ip, host, port, "/boot/ipxe/boot.ipxe")
     if entry.status != 200 or b"#!ipxe" not in entry.body:
         raise ValueError(f"boot.ipxe answered {entry.status}")
@@ -196,16 +208,16 @@ async def fetch_scripts(ip: str, plan: dict[str, Any], mac: str) -> dict[str, st
     return {"kernel": kernel[1], "initrd": initrd[1], "token": token[1]}
 
 
-async def fetch_file(ip: str, plan: dict[str, Any], url: str) -> int:
+async def fetch_file(ip: str, url: str) -> int:
     path = "/" + url.split("/", 3)[3]
-    reply = await http_request(ip, plan["server"], plan["http_port"], path, keep_body=False)
+    reply = await http_request(ip, *host_port(url), path, keep_body=False)
     if reply.status != 200:
         raise ValueError(f"{path} answered {reply.status}")
     return reply.length
 
 
-async def agent_report(ip: str, plan: dict[str, Any], mac: str, boot_token: str) -> None:
-    host, port = plan["server"], plan["http_port"]
+async def agent_report(ip: str, entry_url: str, mac: str, boot_token: str) -> None:
+    host, port = host_port(entry_url)
     json_type = {"Content-Type": "application/json"}
     lookup = await http_request(
         ip, host, port, "/api/v1/agent/lookup", method="POST",

@@ -1,10 +1,11 @@
-"""The two systems under storm, started in the server netns on the same files.
+"""The systems under storm, started in the server netns on the same files.
 
-`plasmaboot serve` (DHCP + TFTP + HTTP + agent API in one process) against what operators
-run today: dnsmasq (DHCP + TFTP) and nginx (sendfile) serving boot.ipxe, the per-node
-scripts pre-rendered with plasmaboot's own renderer (the same text, a fixed token) and the
-same kernel and initrd. Each system is a `Running` that knows its PIDs, so CPU seconds and
-peak RSS come from /proc, and is stopped by PID.
+`plasmaboot serve` (DHCP + TFTP + HTTP + agent API in one process; on PostgreSQL, one or
+two of them: fleet.py) against what operators run today: dnsmasq (DHCP + TFTP) and nginx
+(sendfile) serving boot.ipxe, the per-node scripts pre-rendered with plasmaboot's own
+renderer (the same text, a fixed token) and the same kernel and initrd. Each system is a
+`Running` that knows its PIDs, so CPU seconds and peak RSS come from /proc, and is
+stopped by PID.
 """
 
 from __future__ import annotations
@@ -21,7 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from netns import CLIENT_IF, CLIENT_NS, SERVER_IF, SERVER_IP, SERVER_NS
+from netns import (
+    CLIENT_IF,
+    CLIENT_NS,
+    SECOND_IF,
+    SECOND_IP,
+    SECOND_NS,
+    SERVER_IF,
+    SERVER_IP,
+    SERVER_NS,
+)
 
 HTTP_PORT = 8080
 ADMIN_PORT = 8443  # the inventory's default server.admin port
@@ -29,7 +39,10 @@ TFTP_ROOT = Path("/usr/lib/ipxe")
 KERNEL_MIB = 8
 ADMIN_TOKEN = "storm-bench-admin"
 POOL = ("10.88.200.1", "10.88.200.250")
-ENTRY_URL = f"http://{SERVER_IP}:{HTTP_PORT}/boot/ipxe/boot.ipxe"
+
+
+def entry_url(server_ip: str = SERVER_IP) -> str:
+    return f"http://{server_ip}:{HTTP_PORT}/boot/ipxe/boot.ipxe"
 
 
 def node_ip(index: int) -> str:
@@ -40,8 +53,11 @@ def node_mac(index: int) -> str:
     return "52:54:01:" + ":".join(f"{b:02x}" for b in index.to_bytes(3, "big"))
 
 
-def write_inventory(path: Path, clients: int) -> None:
-    """N nodes with fixed addresses outside the pool; the first three bootstrap."""
+def write_inventory(
+    path: Path, clients: int, server_ip: str = SERVER_IP, interface: str = SERVER_IF
+) -> None:
+    """N nodes with fixed addresses outside the pool; the first three bootstrap. A second
+    server of the same fleet gets the same file but for its own address and interface."""
     nodes = [
         {
             "hostname": f"storm{i:04d}",
@@ -59,10 +75,10 @@ def write_inventory(path: Path, clients: int) -> None:
                 "name": "provisioning", "vlan": 100, "subnet": "10.88.0.0/16",
                 "gateway": SERVER_IP, "dns": [SERVER_IP],
                 "dhcp": {"mode": "full", "pool": {"start": POOL[0], "end": POOL[1]},
-                         "interface": SERVER_IF},
+                         "interface": interface},
             }
         ],
-        "server": {"provisioning_ip": SERVER_IP, "http_port": HTTP_PORT},
+        "server": {"provisioning_ip": server_ip, "http_port": HTTP_PORT},
         "profiles": {
             "control-plane": {"role": "control-plane", "services": ["chainfire"], "image": "storm"},
             "worker": {"role": "worker", "services": ["k8shost"], "image": "storm"},
@@ -92,6 +108,8 @@ class Running:
     procs: list[subprocess.Popen[bytes]]
     logs: list[Path]
     extra_pids: list[int] = field(default_factory=list)
+    entry_urls: list[str] = field(default_factory=lambda: [entry_url()])
+    state_dir: Path | None = None  # plasmaboot's (the first server's): its CA, its store
 
     def pids(self) -> list[int]:
         pids = [p.pid for p in self.procs] + self.extra_pids
@@ -152,10 +170,12 @@ def _spawn(
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
-def _wait_http(running: Running, path: str, timeout_s: float = 30) -> None:
+def _wait_http(
+    running: Running, path: str, timeout_s: float = 30, server_ip: str = SERVER_IP
+) -> None:
     """Poll from the client namespace, the way the storm will reach it."""
     deadline = time.monotonic() + timeout_s
-    url = f"http://{SERVER_IP}:{HTTP_PORT}{path}"
+    url = f"http://{server_ip}:{HTTP_PORT}{path}"
     while time.monotonic() < deadline:
         running.check_alive()
         probe = subprocess.run(
@@ -167,26 +187,43 @@ def _wait_http(running: Running, path: str, timeout_s: float = 30) -> None:
     raise RuntimeError(f"{running.name} did not answer {url} within {timeout_s:.0f} s")
 
 
-def start_plasmaboot(work: Path, inventory: Path, assets: Path) -> Running:
-    state = work / "pb-state"
+def start_plasmaboot(
+    work: Path,
+    inventory: Path,
+    assets: Path,
+    *,
+    store: str | None = None,
+    second: bool = False,
+) -> Running:
+    """One `serve`: on SQLite in its state directory, or on the `store` URL (given by the
+    environment, never on the command line); `second`: the fleet's second server, in its
+    own namespace on the same segment."""
+    ns, interface, server_ip = (SECOND_NS, SECOND_IF, SECOND_IP) if second else (
+        SERVER_NS, SERVER_IF, SERVER_IP)  # fmt: skip
+    state = work / ("pb-state-2" if second else "pb-state")
     env = {**os.environ, "PLASMABOOT_ADMIN_TOKEN": ADMIN_TOKEN}
+    if store is not None:
+        env["PLASMABOOT_STORE"] = store
     argv = [sys.executable, "-m", "plasmaboot", "serve", "-c", str(inventory), "--state-dir",
-            str(state), "--assets", str(assets), "--interface", SERVER_IF]  # fmt: skip
-    log = work / "plasmaboot.log"
-    running = Running("plasmaboot", [_spawn(in_ns(SERVER_NS, argv), log, env)], [log])
+            str(state), "--assets", str(assets), "--interface", interface]  # fmt: skip
+    log = work / f"plasmaboot{'-2' if second else ''}.log"
+    running = Running(
+        "plasmaboot", [_spawn(in_ns(ns, argv), log, env)], [log],
+        entry_urls=[entry_url(server_ip)], state_dir=state,
+    )  # fmt: skip
     try:
-        _wait_http(running, "/health")
-    except Exception:
+        _wait_http(running, "/health", server_ip=server_ip)
+    except BaseException:  # SIGTERM, Ctrl-C too: nothing outlives the bench
         running.stop()
         raise
     return running
 
 
-def node_states(work: Path, admin_token: str = ADMIN_TOKEN) -> dict[str, str]:
+def node_states(state_dir: Path, admin_token: str = ADMIN_TOKEN) -> dict[str, str]:
     """Every node's lifecycle state, from the admin API: its listener is loopback (TLS, the
     CA in the state dir) in the server's namespace, as the default server.admin says."""
     url = f"https://127.0.0.1:{ADMIN_PORT}/api/v1/nodes"
-    ca = work / "pb-state" / "pki" / "ca.crt"
+    ca = state_dir / "pki" / "ca.crt"
     auth = f"Authorization: Bearer {admin_token}"
     done = subprocess.run(
         in_ns(SERVER_NS, ["curl", "-sf", "--cacert", str(ca), "-H", auth, url]),
@@ -255,7 +292,7 @@ def start_nginx(work: Path, root: Path, probe: str = "/boot/ipxe/boot.ipxe") -> 
     )
     try:
         _wait_http(running, probe)
-    except Exception:
+    except BaseException:  # SIGTERM, Ctrl-C too: nothing outlives the bench
         running.stop()
         raise
     return running
@@ -272,7 +309,7 @@ def start_dnsmasq(work: Path, clients: int) -> Running:
         f"--dhcp-lease-max={clients + 1000}",
         "--enable-tftp", f"--tftp-root={TFTP_ROOT}", f"--tftp-max={max(50, 2 * clients)}",
         "--dhcp-userclass=set:ipxe,iPXE", "--dhcp-match=set:efi,option:client-arch,7",
-        f"--dhcp-boot=tag:ipxe,{ENTRY_URL}", "--dhcp-boot=tag:!ipxe,tag:efi,ipxe.efi",
+        f"--dhcp-boot=tag:ipxe,{entry_url()}", "--dhcp-boot=tag:!ipxe,tag:efi,ipxe.efi",
         "--dhcp-boot=tag:!ipxe,tag:!efi,undionly.kpxe",
     ]  # fmt: skip
     log = work / "dnsmasq.log"
@@ -286,19 +323,22 @@ def start_baseline(work: Path, inventory: Path, assets: Path, clients: int) -> R
     nginx = start_nginx(work, write_baseline_root(work, inventory, assets))
     try:
         dnsmasq = start_dnsmasq(work, clients)
-    except Exception:
+    except BaseException:  # SIGTERM, Ctrl-C too: nothing outlives the bench
         nginx.stop()
         raise
     return Running("dnsmasq+nginx", nginx.procs + dnsmasq.procs, nginx.logs + dnsmasq.logs)
 
 
-def plan_for(clients: int, agent: bool, deadline_s: float, spread_s: float) -> dict[str, Any]:
+def plan_for(
+    clients: int, running: Running, agent: bool, deadline_s: float, spread_s: float
+) -> dict[str, Any]:
     """The client process's instructions: who boots, against what, within which bounds.
     Even clients are BIOS (lock-step TFTP, like iPXE's undionly); odd ones UEFI with RFC 7440
-    windowsize 4 (what EDK2's PXE asks for)."""
+    windowsize 4 (what EDK2's PXE asks for). A client boots from whichever server answers
+    its DHCP: any of the system's entry URLs is right."""
     return {
-        "mode": "storm", "interface": CLIENT_IF, "server": SERVER_IP, "http_port": HTTP_PORT,
-        "entry_url": ENTRY_URL, "agent": agent, "deadline_s": deadline_s,
+        "mode": "storm", "interface": CLIENT_IF, "entry_urls": running.entry_urls,
+        "agent": agent, "deadline_s": deadline_s,
         "transfer_timeout_s": deadline_s, "spread_s": spread_s,
         "clients": [
             {"mac": node_mac(i), "uefi": i % 2 == 1, "windowsize": 4 if i % 2 else None}

@@ -148,6 +148,8 @@ async def test_replay_longer_than_a_page_and_the_ring(server: Server) -> None:
         expected = ids_after(server, start)
         assert [m.id for m in await client.take(40)] == expected
         assert [m.id for m in await late.take(40)] == expected
+        # each event's SSE text is rendered once, kept exactly as long as the ring keeps it
+        assert sorted(server.feed._texts) == [e.id for e in server.feed._ring]
         await late.close()
     finally:
         await client.close()

@@ -60,3 +60,31 @@ def test_storm_five_clients_boot_on_both_systems_with_zero_failures(
     assert cell["systems"]["plasmaboot"]["steps"]["agent"]["p50"] > 0
     assert cell["physical_limit_s"] > 0
     assert plot.stat().st_size > 10_000
+
+
+def test_storm_five_clients_on_two_servers_sharing_postgresql_and_with_stream_watchers(
+    storm_run: ModuleType, tmp_path: Path
+) -> None:
+    """The fleet systems (one and two serves on one PostgreSQL) and 3 event-stream
+    watchers on a SQLite serve: every client boots, from whichever server answered; every
+    watcher reads every event the storm stored."""
+    out, plot = tmp_path / "storm.json", tmp_path / "storm.png"
+    argv = ["--clients", "5", "--initrd-mib", "4", "--runs", "1", "--deadline", "45",
+            "--bandwidth-mib", "64", "--bandwidth-repeats", "1", "--out", str(out),
+            "--plot", str(plot), "--watchers", "3",
+            "--systems", "plasmaboot-watched,plasmaboot-pg,plasmaboot-pg-x2"]  # fmt: skip
+    assert storm_run.main(argv) == 0
+
+    (cell,) = json.loads(out.read_text())
+    systems = cell["systems"]
+    for name, summary in systems.items():
+        assert summary["failures"] == 0, (name, summary["failure_samples"])
+        assert summary["not_installer_booted"] == 0, name
+        (served,) = summary["served_by"]
+        assert sum(served.values()) == 5, (name, served)
+    assert set(systems["plasmaboot-pg-x2"]["served_by"][0]) <= {"10.88.0.1", "10.88.0.2"}
+    assert set(systems["plasmaboot-pg"]["served_by"][0]) == {"10.88.0.1"}
+    (watched,) = systems["plasmaboot-watched"]["watchers"]
+    # each client: pxe-boot and installer-booted at least, each read by all 3 watchers
+    assert watched["watchers"] == watched["complete"] == 3, watched
+    assert watched["events"] >= 10 and watched["received_min"] == watched["events"], watched

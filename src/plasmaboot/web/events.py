@@ -15,8 +15,10 @@ reconnecting, every `POLL_S`. A transition this server's lifecycle service appli
 it at once with either store. The read path is the same whatever woke it, so a missed
 wake-up delays an event by at most one poll, and never loses it.
 
-The feed keeps the last events it read in a ring, shared by every client. A client whose
-position is inside the ring reads from it; one that is behind (a resume from an old id,
+The feed keeps the last events it read in a ring, shared by every client, each with its
+SSE text rendered once (50 dashboards on a storm would otherwise serialise every event
+50 times on the server's one loop). A client whose position is inside the ring reads
+from it; one that is behind (a resume from an old id,
 or a slow reader the ring has moved past) pages through the store until it catches up.
 Either way a client holds at most one page, and a write the client does not take within
 `WRITE_TIMEOUT_S` closes the connection (the client resumes with `Last-Event-ID`): what a
@@ -81,6 +83,7 @@ class EventFeed:
         self.floor = 0  # every event with an id in (floor, cursor] is in the ring
         self.closed = False
         self._ring: list[EventRecord] = []
+        self._texts: dict[int, str] = {}  # each ring event's SSE message, by id
         self._clients = 0
         self._task: asyncio.Task[None] | None = None
         self._watch: ChangeWatch | None = None  # while a client is connected
@@ -103,6 +106,7 @@ class EventFeed:
             newest = self.store.events(limit=1)  # a store error: refused, nothing counted
             self.cursor = self.floor = newest[-1].id if newest else 0
             self._ring = []
+            self._texts = {}
             self._watch = self.store.watch("events")
             self._task = asyncio.get_running_loop().create_task(
                 self._run(self._watch), name="event-feed"
@@ -145,6 +149,7 @@ class EventFeed:
             page = self.store.events_page(self.cursor, self.page)
             if page:
                 self._ring.extend(page)
+                self._texts.update((e.id, sse_message(e)) for e in page)
                 self.cursor = page[-1].id
                 read = True
             if len(page) < self.page:
@@ -152,6 +157,8 @@ class EventFeed:
         if len(self._ring) > 2 * self.ring_size:
             drop = len(self._ring) - self.ring_size
             self.floor = self._ring[drop - 1].id
+            for event in self._ring[:drop]:
+                del self._texts[event.id]
             del self._ring[:drop]
         if read:
             self._announce()
@@ -161,6 +168,12 @@ class EventFeed:
         self._news = asyncio.Event()
 
     # ---- what a client reads -------------------------------------------------------------
+
+    def message(self, event: EventRecord) -> str:
+        """The event's SSE message: the ring's copy, else rendered now (a page from the
+        store, for a client behind the ring)."""
+        text = self._texts.get(event.id)
+        return sse_message(event) if text is None else text
 
     async def wait(self, position: int, timeout: float) -> None:
         """Until there is something after `position`, the feed closes, or `timeout`."""
@@ -245,7 +258,7 @@ async def _messages(
     while not feed.closed:
         events, position = feed.read(position, wanted)
         if events:
-            yield "".join(sse_message(e) for e in events)
+            yield "".join(feed.message(e) for e in events)
             quiet_since = loop.time()
         if position < feed.cursor:
             await asyncio.sleep(0)  # catching up: let the server breathe between pages

@@ -122,6 +122,32 @@ async def test_the_node_view_follows_changes_made_elsewhere(tmp_path: Path) -> N
         store.close()
 
 
+def test_a_discovered_record_folded_into_a_node_leaves_the_view(tmp_path: Path) -> None:
+    """`node replace`: the new machine netbooted unknown (discovered), then the inventory
+    gave node02 its MAC; the import folds the record in with no event of its own, and the
+    view drops it all the same (the import's event names it)."""
+    inv = parse_inventory(yaml.safe_load(INVENTORY.replace("MODE", "full")))
+    store = open_store(tmp_path)
+    try:
+        store.import_inventory(inv)
+        server = DhcpServer(inv, store, interface="eth9")
+        server._read_nodes()
+        new_mac = "52:54:00:00:00:99"
+        discovered = store.discover(new_mac, "http").hostname
+        server.follow_nodes()
+        assert server._node(new_mac) is not None and discovered in server._node_macs
+
+        replaced = INVENTORY.replace("MODE", "full").replace("52:54:00:00:00:02", new_mac)
+        store.import_inventory(parse_inventory(yaml.safe_load(replaced)))
+        server.follow_nodes()
+        view = server._node(new_mac)
+        assert view is not None and view.hostname == "node02"
+        assert discovered not in server._node_macs
+        assert server._node("52:54:00:00:00:02") is None
+    finally:
+        store.close()
+
+
 def test_a_store_error_while_following_loses_no_change(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

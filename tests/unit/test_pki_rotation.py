@@ -71,6 +71,18 @@ def test_a_damaged_rotation_state_is_named_with_the_fix(pki: Path) -> None:
         rotation.load(pki)
 
 
+def test_a_rotation_cut_off_as_it_began_is_refused_not_begun_twice(pki: Path) -> None:
+    """ca.old.* are written before ca.key/ca.crt and the state after: a crash between
+    leaves ca.old.crt without a state, and a second begin must not take the half-made
+    new CA for the old one."""
+    before = (pki / "ca.crt").read_bytes()
+    (pki / "ca.old.crt").write_bytes(before)
+    with pytest.raises(PKIError, match="cut off as it began") as refused:
+        rotation.begin(pki, "test-cluster", ["node01"])
+    assert "ca.old.crt -> ca.crt" in str(refused.value)
+    assert (pki / "ca.crt").read_bytes() == before and rotation.load(pki) is None
+
+
 def test_the_delivery_script_puts_the_files_in_place_atomically(pki: Path, tmp_path: Path) -> None:
     node = Node.model_validate({"hostname": "node01", "macs": ["52:54:00:00:00:01"],
                                 "profile": "p", "provisioning_ip": "10.0.100.11"})  # fmt: skip

@@ -37,7 +37,7 @@ from plasmaboot.cluster.restore import (
     verify_backup,
 )
 from plasmaboot.cluster.verify import report_json, verify_cluster, verify_services
-from plasmaboot.firstboot.backends import MembershipError, make_backend
+from plasmaboot.firstboot.backends import ClusterUnreachable, MembershipError, make_backend
 from plasmaboot.firstboot.backends.base import http_client
 from plasmaboot.firstboot.config import ConfigError, FirstBootConfig, load_config
 from plasmaboot.firstboot.retry import Backoff
@@ -183,14 +183,19 @@ def remove_command(
                 "--server URL` (or reprovision) removes the node from the cluster")  # fmt: skip
     membership = config_membership(_load(config), wait_s=wait_s, services=service)
     try:
-        removals = membership.remove(name, force=force)
-    except OSError as error:
-        typer.echo(f"error: {config}: cannot load the tls files: {error}; fix the paths", err=True)
-        raise typer.Exit(code=3) from error
+        membership.check(name, force=force)  # every service first: all or none is removed
     except QuorumRefused as error:
         typer.echo(f"error: {error}; nothing was removed (--force removes it anyway)", err=True)
         raise typer.Exit(code=1) from error
-    except MembershipError as error:
+    except OSError as error:
+        typer.echo(f"error: {config}: cannot load the tls files: {error}; fix the paths", err=True)
+        raise typer.Exit(code=3) from error
+    except (ClusterUnreachable, MembershipError) as error:
+        typer.echo(f"error: {error}; nothing was removed", err=True)
+        raise typer.Exit(code=1) from error
+    try:
+        removals = membership.remove(name, force=force)
+    except (ClusterUnreachable, MembershipError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=1) from error
     for removal in removals:

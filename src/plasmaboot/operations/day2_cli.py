@@ -273,7 +273,7 @@ def rotate(
     SANs), the CA file, certificate and key written in place atomically, the services that
     read them restarted, then the rollout's health gate; stops at the first failure,
     naming the node and the step. Events in the node's history. Refused while `cluster
-    verify` fails, unless --force."""
+    verify` fails, unless --force (--no-health-gate skips that check too)."""
     options = RotateOptions(
         nodes=nodes, rotate_key=rotate_key, force=force, health_timeout=health_timeout,
         no_health_gate=no_health_gate, ssh_options=ssh_option or [],

@@ -88,7 +88,7 @@ def install_script(node: Node) -> str:
                       for t in targets)  # fmt: skip
     return (
         f"set -e; umask 077; mkdir -p {where}; t=$(mktemp -d {where}/.plasmaboot-rotate.XXXXXX)"
-        f'; trap \'rm -rf "$t"\' EXIT; tar -x --no-same-owner -C "$t" -f -; {moves}'
+        f'; trap \'rm -rf "$t"\' EXIT; tar -x -p --no-same-owner -C "$t" -f -; {moves}'
     )
 
 

@@ -92,11 +92,19 @@ def begin(pki: Path, cluster_name: str, nodes: list[str], days: int = 3650) -> C
         raise PKIError(f"{pki / STATE_FILE}: a CA rotation is already in progress; resume it")
     if not (pki / CA_CERT).exists():
         raise PKIError(f"{pki}: no cluster CA found; run 'plasmaboot pki init' first")
+    if (pki / OLD_CA_CERT).exists():  # written first below: a begin that did not finish
+        raise PKIError(
+            f"{pki / OLD_CA_CERT} exists but no rotation is recorded: a CA rotation was cut "
+            f"off as it began, and {CA_CERT}/{CA_KEY} may be half replaced. Put the old CA "
+            f"back ({OLD_CA_CERT} -> {CA_CERT}, {OLD_CA_KEY} -> {CA_KEY}), then begin again"
+        )
     old = _certs(pki / CA_CERT)[0]
     staging = pki / _NEXT
     shutil.rmtree(staging, ignore_errors=True)
     init_ca(staging, cluster_name, days=days)
     new = _certs(staging / CA_CERT)[0]
+    # The old CA is saved before anything is replaced, and the state only after: a crash
+    # in between leaves ca.old.* for the refusal above, never a second "old" CA.
     write_atomic(pki / OLD_CA_KEY, (pki / CA_KEY).read_bytes(), 0o600)
     write_atomic(pki / OLD_CA_CERT, _pem(old), 0o644)
     write_atomic(pki / CA_KEY, (staging / CA_KEY).read_bytes(), 0o600)

@@ -5,10 +5,14 @@ Every change to a node records an event of that node (transitions, inventory imp
 discoveries), and events commit in id order (`Store.events_page`), so a reader that reads
 the events after its cursor and re-reads the nodes they name misses nothing, whichever
 server or command made the change. It reads when its watch on "events" wakes
-(changes.py).
+(changes.py). A discovered record that an inventory import turns into a node, or folds
+into one (`node adopt`, `node replace`), leaves no event of its own: the import's event
+names it in `discovered_as`, and it is read again too (gone, so it leaves the view).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from plasmaboot.store.base import Store
 
@@ -21,8 +25,17 @@ def changed_nodes(store: Store, cursor: int) -> tuple[set[str], int]:
     changed: set[str] = set()
     while True:
         page = store.events_page(cursor, EVENTS_PAGE)
-        changed.update(event.node for event in page)
+        for event in page:
+            changed.add(event.node)
+            changed.update(_folded(event.detail.get("discovered_as")))
         if page:
             cursor = page[-1].id
         if len(page) < EVENTS_PAGE:
             return changed, cursor
+
+
+def _folded(names: Any) -> list[str]:
+    """`discovered_as` of an import's event: one name (adopted) or a list (folded in)."""
+    if isinstance(names, str):
+        return [names]
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []

@@ -126,14 +126,31 @@ def test_rfc2131_4_3_2_selecting_request_is_acked_after_the_lease_is_durable() -
     assert [le.ip for le in h.allocator.drain_dirty()] == [str(ack.packet.yiaddr)]
 
 
-def test_rfc2131_4_3_2_request_naming_another_server_is_silent_and_frees_offer() -> None:
+def test_rfc2131_4_3_2_request_naming_another_server_is_silent_and_holds_its_address() -> None:
+    """The other server is binding the address the client requests: it is not handed to
+    the next client (two servers on one store offer alike: it is mostly our offer too)."""
     h = Harness()
     offer = h.send(MessageType.DISCOVER, "52:54:00:ff:00:01")
     assert offer is not None
     other = {Opt.SERVER_ID: b"\x0a\x09\x00\x63", Opt.REQUESTED_IP: offer.packet.yiaddr.packed}
     assert h.send(MessageType.REQUEST, "52:54:00:ff:00:01", options=other) is None
     again = h.send(MessageType.DISCOVER, "52:54:00:ff:00:02")
-    assert again is not None and again.packet.yiaddr == offer.packet.yiaddr
+    assert again is not None and again.packet.yiaddr != offer.packet.yiaddr
+
+
+def test_rfc2131_4_3_2_another_servers_different_address_frees_our_offer() -> None:
+    h = Harness()
+    ours = h.send(MessageType.DISCOVER, "52:54:00:ff:00:01")
+    assert ours is not None
+    assert ours.packet.yiaddr == IPv4Address("10.9.0.100")  # the pool: .100-.102
+    theirs = IPv4Address("10.9.0.102")
+    other = {Opt.SERVER_ID: b"\x0a\x09\x00\x63", Opt.REQUESTED_IP: theirs.packed}
+    assert h.send(MessageType.REQUEST, "52:54:00:ff:00:01", options=other) is None
+    # the next clients: ours is free again, theirs is held for the client that took it
+    offers = [h.send(MessageType.DISCOVER, f"52:54:00:ff:00:0{n}") for n in (2, 3, 4)]
+    assert [o.packet.yiaddr if o else None for o in offers] == [
+        IPv4Address("10.9.0.100"), IPv4Address("10.9.0.101"), None,
+    ]  # fmt: skip
 
 
 def test_rfc2131_4_3_2_nak_for_address_on_wrong_subnet() -> None:

@@ -382,14 +382,23 @@ class LeaseAllocator:
         lease = Lease(str(ip), key, mac, "bound", now + lease_time, name)
         return self._remember(ip, lease, True, now)
 
-    def forget_offer(self, key: str) -> None:
-        """The client chose another server (RFC 2131 3.1.4): free what we offered it."""
+    def forget_offer(
+        self, key: str, mac: str, taken: IPv4Address | None = None, now: float = 0.0
+    ) -> None:
+        """The client chose another server (RFC 2131 3.1.4): free what we offered it, and
+        hold `taken`, the address that server is binding for it (option 50), as offered
+        to it. Servers sharing a store offer alike, so `taken` is mostly our own offer: freed
+        here, it went to the next client before the other server's lease was read back, and
+        that client's ACK turned into a lost insert race and a NAK."""
         ip = self._by_key.get(key)
         lease = self._leases.get(ip) if ip is not None else None
-        if ip is not None and lease is not None and lease.state == "offered":
+        if ip is not None and ip != taken and lease is not None and lease.state == "offered":
             del self._leases[ip]
             del self._by_key[key]
             self._freed(ip)
+        if taken is not None and ip != taken and self._usable_by(taken, key, mac, now):
+            held = Lease(str(taken), key, mac, "offered", now + OFFER_HOLD_S, None)
+            self._remember(taken, held, False, now)
 
     def decline(self, key: str, ip: IPv4Address, now: float) -> Lease | None:
         """RFC 2131 4.3.3: the address is in use by someone else; quarantine it."""

@@ -175,7 +175,8 @@ class Responder:
         server_id = o.ip_value(request.options.get(Opt.SERVER_ID))
         requested = o.ip_value(request.options.get(Opt.REQUESTED_IP))
         if server_id is not None and server_id != self.config.server_ip:
-            self.allocator.forget_offer(key)  # SELECTING another server's offer
+            # SELECTING another server's offer: ours goes, the address it takes is held
+            self.allocator.forget_offer(key, request.mac, requested, now)
             return None
         wanted = requested if requested is not None else request.ciaddr
         if wanted == UNSPECIFIED:

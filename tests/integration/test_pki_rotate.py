@@ -298,6 +298,8 @@ def test_rotate_through_a_server_runs_there(lab: tuple[Lab, Systemd]) -> None:
         status = site.remote("pki", "rotate-ca", "--status")
         assert status.returncode == 0, status.stderr
         assert status.stdout == "no CA rotation in progress\n"
+        refused = site.remote("pki", "rotate-ca")  # it would replace serve's own CA
+        assert refused.returncode == 2 and "on the provisioning server itself" in refused.stderr
         ssh = [arg for option in rig.ssh.options() for arg in ("--ssh-option", option)]
         done = site.remote("pki", "rotate", "node03", *ssh, "--health-timeout", "60", "--json")
     finally:

@@ -226,6 +226,17 @@ async def _rotate(site: Site, o: RotateOptions) -> RotationResult:
     return await Rotate(_delivery(site, o), o.rotate_key, o.force).run(o.nodes)
 
 
+def _ca_rotation_refusal(o: RotateCaOptions) -> str | None:
+    """A server reports a CA rotation but does not run one: the rotation replaces the CA
+    its own admin listener presents a certificate of, and every client of the listener
+    would refuse it until serve restarts."""
+    if o.status:
+        return None
+    return ("a CA rotation replaces the CA of this server's own admin certificate: run "
+            "`plasmaboot pki rotate-ca` on the provisioning server itself, then restart "
+            "serve (`--status` works through the server)")  # fmt: skip
+
+
 async def _rotate_ca(site: Site, o: RotateCaOptions) -> CaRotationReport | None:
     job = RotateCa(_delivery(site, o), o.force, o.rotate_key)
     return job.status() if o.status else await job.run()
@@ -276,8 +287,8 @@ JOBS: Mapping[str, Job] = {
         RotateCaOptions, _rotate_ca,
         lambda found: None if found is None else CaRotationReport(**found),
         "Runbook 10.2, `pki rotate-ca`: a new CA, trusted beside the old one until every "
-        "node has moved (resumable; `status` only reports)",
-        lambda o: ssh_options_refusal(o.ssh_options),
+        "node has moved (resumable; `status` only reports; through a server, only status)",
+        lambda o: ssh_options_refusal(o.ssh_options) or _ca_rotation_refusal(o),
     ),
     "replace": Job(
         ReplaceOptions, _replace, lambda found: None,

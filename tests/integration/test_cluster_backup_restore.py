@@ -2,23 +2,28 @@
 
 The members run from plasmaboot's rendered files (`etcd_support.Cluster`, loopback
 127.0.85.x, certificates from plasmaboot.pki). `cluster backup` takes a snapshot through the
-gateway; keys written later must be gone after the cluster is lost (every member stopped,
-every data directory wiped) and `cluster restore` rebuilt it with the local runner, each
-member's files under its own root. A corrupted backup is refused before anything is
-touched; a backup of an unreachable cluster leaves nothing behind. The SSH runner's quoting
-and file transfer run against a real sshd on loopback.
+gateway into one archive with plasmaboot's own store (SQLite, copied online while another
+process keeps writing to it), PKI and inventory; keys written later must be gone after the
+cluster is lost (every member stopped, every data directory wiped) and `cluster restore`
+rebuilt it with the local runner, each member's files under its own root, and the
+provisioning server's state into a new directory. A corrupted archive is refused before
+anything is touched; a backup of an unreachable cluster leaves nothing behind. The SSH
+runner's quoting and file transfer run against a real sshd on loopback.
 
 The scenarios build on each other and run in file order on one module-scoped cluster.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
+import sqlite3
 import stat
 import subprocess
 import sys
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +41,7 @@ from plasmaboot.cluster.cli import app as cluster_app
 from plasmaboot.cluster.restore import NodePath, RestoreMember, SshRunner, Upload
 from plasmaboot.firstboot.backends.base import http_client
 from plasmaboot.inventory import parse_inventory
+from plasmaboot.store import SqliteStore
 
 pytestmark = pytest.mark.integration
 
@@ -110,6 +116,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     config.write_text(json.dumps(doc))
     backups = root / "backups"
     backups.mkdir()
+    store = SqliteStore.in_dir(root)  # the provisioning server's: its PKI is root/pki
+    store.import_inventory(parse_inventory(INVENTORY))
+    store.close()
     try:
         yield Lab(cluster, root, inventory, config, backups)
     finally:
@@ -124,6 +133,30 @@ def start_all(lab: Lab) -> None:
             wait_healthy(client, url(name), timeout=60)
 
 
+# A second process writing events into the store for as long as it runs, as serve would.
+WRITER = """
+import sys, time
+from pathlib import Path
+from plasmaboot.store import SqliteStore
+store = SqliteStore.in_dir(Path(sys.argv[1]))
+for i in range(100000):
+    store.record("node01", "writer-tick", "test", {"i": i})
+    if i == 20:
+        print("writing", flush=True)
+"""
+
+
+def backup_args(lab: Lab, out: Path) -> list[str]:
+    return ["backup", "-c", str(lab.config), "--out", str(out), "--inventory",
+            str(lab.inventory), "--state-dir", str(lab.root)]  # fmt: skip
+
+
+def unpack(archive: Path, into: Path) -> Path:
+    with tarfile.open(archive) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
 def test_backup_takes_a_verified_snapshot_through_the_api(lab: Lab) -> None:
     start_all(lab)
     with http_client(lab.cluster.client_tls("node01")) as client:
@@ -132,14 +165,25 @@ def test_backup_takes_a_verified_snapshot_through_the_api(lab: Lab) -> None:
         status = client.post(f"{url('node01')}/v3/maintenance/status", json={}).json()
         members = client.post(f"{url('node01')}/v3/cluster/member/list", json={}).json()
     leader = next(m["name"] for m in members["members"] if m["ID"] == status["leader"])
-    out = lab.backups / "first"
-    result = cli("backup", "-c", str(lab.config), "--out", str(out))
+    archive = lab.backups / "first.tar"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(lab.root)],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert writer.stdout is not None and writer.stdout.readline() == "writing\n"
+        result = cli(*backup_args(lab, archive))
+        assert writer.poll() is None, "the writer stopped before the backup ended"
+    finally:
+        writer.kill()
+        writer.wait()
     assert result.exit_code == 0, result.output
     assert f"from {leader} (leader" in result.output
+    assert "plasmaboot: its sqlite store" in result.output
+    assert stat.S_IMODE(archive.stat().st_mode) == 0o600
+    out = unpack(archive, lab.root / "unpacked")
 
     manifest = json.loads((out / "manifest.json").read_text())
     lab.manifest = manifest
-    assert manifest["format"] == "plasmaboot-cluster-backup/1"
+    assert manifest["format"] == "plasmaboot-cluster-backup/2"
     assert manifest["cluster_name"] == "bktest" and manifest["plasmaboot_version"]
     assert manifest["created"].endswith("Z")
     [entry] = manifest["snapshots"]
@@ -151,8 +195,16 @@ def test_backup_takes_a_verified_snapshot_through_the_api(lab: Lab) -> None:
     assert entry["size"] == snapshot.stat().st_size
     assert entry["sha256"] == hashlib.sha256(snapshot.read_bytes()).hexdigest()
     assert stat.S_IMODE(snapshot.stat().st_mode) == 0o600
-    assert stat.S_IMODE(out.stat().st_mode) == 0o700
-    assert sorted(p.name for p in lab.backups.iterdir()) == ["first"]  # no staging left
+    assert sorted(p.name for p in lab.backups.iterdir()) == ["first.tar"]  # no staging left
+    # the store copied while the writer wrote: whole, consistent, and in the middle of it
+    copy = out / manifest["plasmaboot"]["store"]["file"]
+    with contextlib.closing(sqlite3.connect(f"file:{copy}?mode=ro", uri=True)) as db:
+        ok = db.execute("PRAGMA integrity_check").fetchone()[0]
+        ticks = db.execute("SELECT count(*) FROM events WHERE event = 'writer-tick'").fetchone()[0]
+    assert ok == "ok" and ticks > 20, (ok, ticks)
+    assert (out / "plasmaboot" / "pki" / "ca.crt").read_bytes() == (
+        lab.cluster.pki / "ca.crt"
+    ).read_bytes()
 
     checked = subprocess.run(
         ["etcdctl", "snapshot", "status", "-w", "json", str(snapshot)],
@@ -169,34 +221,34 @@ def test_backup_of_an_unreachable_cluster_fails_clearly_and_leaves_nothing(lab: 
     doc |= {"leader_url": UNREACHABLE, "member_urls": [UNREACHABLE], "raft_addr": f"{NET}.99:2380"}
     config = lab.root / "unreachable.json"
     config.write_text(json.dumps(doc))
-    out = lab.backups / "never"
-    result = cli("backup", "-c", str(config), "--out", str(out))
+    out = lab.backups / "never.tar"
+    result = cli(*backup_args(lab, out)[:2], str(config), *backup_args(lab, out)[3:])
     assert result.exit_code == 1
     assert UNREACHABLE in result.output
     assert "leader_url" in result.output and "member_urls" in result.output
     assert not out.exists()
-    assert sorted(p.name for p in lab.backups.iterdir()) == ["first"]
+    assert sorted(p.name for p in lab.backups.iterdir()) == ["first.tar"]
 
 
 def test_restore_refuses_a_corrupted_backup_before_touching_anything(lab: Lab) -> None:
     with http_client(lab.cluster.client_tls("node01")) as client:
         for i in range(5):
             kv_put(client, url("node02"), f"after/{i}", "written after the backup")
-    damaged = lab.backups / "damaged"
-    shutil.copytree(lab.backups / "first", damaged)
-    snapshot = damaged / "chainfire.db"
-    data = bytearray(snapshot.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    snapshot.write_bytes(bytes(data))
+    damaged = lab.backups / "damaged.tar"
+    data = bytearray((lab.backups / "first.tar").read_bytes())
+    with tarfile.open(lab.backups / "first.tar") as tar:
+        member = tar.getmember("chainfire.db")
+        data[member.offset_data + member.size // 2] ^= 0xFF  # one flipped bit in the snapshot
+    damaged.write_bytes(bytes(data))
     before = entries(lab)
     args = ["--runner", "local", "--local-root", str(lab.root), "--yes"]
     result = cli("restore", "--backup", str(damaged), "-c", str(lab.inventory), *args)
     assert result.exit_code == 1
-    assert str(snapshot) in result.output and "does not match the manifest" in result.output
+    assert "chainfire.db does not match its size and sha256" in result.output
     assert "nothing was touched" in result.output
     assert "[check]" not in result.output and "[stop]" not in result.output
 
-    unasked = cli("restore", "--backup", str(lab.backups / "first"), "-c", str(lab.inventory))
+    unasked = cli("restore", "--backup", str(lab.backups / "first.tar"))  # its own inventory
     assert unasked.exit_code == 1
     assert "pass --yes" in unasked.output
     assert "[restore] node03: etcdctl snapshot restore" in unasked.output  # the plan, shown
@@ -216,8 +268,9 @@ def test_runbook_9_3_complete_loss_restored_from_the_backup(lab: Lab) -> None:
     # plays systemd: it starts the members once the restore has put their data in place.
     argv = [
         sys.executable, "-m", "plasmaboot", "cluster", "restore",
-        "--backup", str(lab.backups / "first"), "-c", str(lab.inventory), "--yes",
+        "--backup", str(lab.backups / "first.tar"), "--yes",
         "--runner", "local", "--local-root", str(lab.root),
+        "--server-state", str(lab.root / "new-server"),
         "--verify-config", str(lab.config), "--wait-s", "90",
     ]  # fmt: skip
     log = lab.root / "restore.log"
@@ -244,7 +297,15 @@ def test_runbook_9_3_complete_loss_restored_from_the_backup(lab: Lab) -> None:
             restore.kill()
             restore.wait()
     output = log.read_text()
-    assert "sha256 verified" in output
+    assert "every file's sha256 verified" in output
+    # the provisioning server's state, rebuilt in a new directory from the archive
+    assert f"[server] PKI (the cluster CA and every node's certificate) -> {lab.root}" in output
+    new_server = lab.root / "new-server"
+    assert (new_server / "pki" / "ca.key").read_bytes() == (lab.cluster.pki / "ca.key").read_bytes()
+    assert (new_server / "cluster.yaml").read_text() == lab.inventory.read_text()
+    restored = SqliteStore.in_dir(new_server)
+    assert sorted(n.hostname for n in restored.list_nodes()) == list(NAMES)
+    restored.close()
     assert "verified: 3 healthy members (node01, node02, node03), 1 leader" in output
     code, reports = cluster_verify_settled(
         lab.config, "--expect-members", "3", "--min-cert-days", "1"

@@ -1,7 +1,7 @@
-"""``cluster backup`` and ``cluster restore`` without a real store: the snapshot stream of a
-fake etcd gateway (the format checked against etcd 3.4 in
-tests/integration/test_cluster_backup_restore.py), atomic output, backup verification, and
-the restore plan and its runners."""
+"""``cluster backup`` and ``cluster restore`` without a real cluster store: the snapshot
+stream of a fake etcd gateway (the format checked against etcd 3.4 in
+tests/integration/test_cluster_backup_restore.py), the archive (with a real SQLite store
+and PKI), its verification, and the restore plan and its runners."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import base64
 import hashlib
 import json
 import subprocess
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from typer.testing import CliRunner
 
 from plasmaboot.cluster import backup as backup_module
 from plasmaboot.cluster import cli as cluster_cli
+from plasmaboot.cluster.archive import ServerSources, restore_server_state
 from plasmaboot.cluster.backup import BackupError, check_snapshot_file, take_backup
 from plasmaboot.cluster.restore import (
     LocalRunner,
@@ -34,7 +36,9 @@ from plasmaboot.cluster.restore import (
 )
 from plasmaboot.firstboot.config import build_config
 from plasmaboot.inventory import parse_inventory
+from plasmaboot.pki.authority import init_ca
 from plasmaboot.render.etcd import JOIN_ENV
+from plasmaboot.store import SqliteStore
 
 DB = bytes(range(256)) * 300  # stands in for etcd's bbolt file
 SNAPSHOT = DB + hashlib.sha256(DB).digest()
@@ -101,11 +105,32 @@ def no_etcdctl(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backup_module, "etcdctl_status", lambda path: None)
 
 
-def backup(tmp_path: Path, gateway: FakeGateway, backend: str = "etcd") -> Path:
-    out = tmp_path / "backup"
+@pytest.fixture
+def server(tmp_path_factory: pytest.TempPathFactory) -> ServerSources:
+    """A provisioning server's state: a SQLite store with the inventory, a CA."""
+    root = tmp_path_factory.mktemp("server")
+    inventory = root / "cluster.yaml"
+    inventory.write_text(yaml.safe_dump(INVENTORY))
+    store = SqliteStore.in_dir(root / "state")
+    store.import_inventory(parse_inventory(INVENTORY))
+    store.close()
+    init_ca(root / "state" / "pki", "prod")
+    return ServerSources(inventory, root / "state", root / "state")
+
+
+def backup(
+    tmp_path: Path, gateway: FakeGateway, server: ServerSources, backend: str = "etcd"
+) -> Path:
+    out = tmp_path / "backup.tar"
     with httpx.Client(transport=httpx.MockTransport(gateway)) as client:
-        take_backup(plan_for(backend), client, out)
+        take_backup(plan_for(backend), client, out, server)
     return out
+
+
+def unpack(archive: Path, into: Path) -> Path:
+    with tarfile.open(archive) as tar:
+        tar.extractall(into, filter="data")
+    return into
 
 
 def test_snapshot_trailer_is_the_sha256_of_the_rest(tmp_path: Path) -> None:
@@ -118,90 +143,6 @@ def test_snapshot_trailer_is_the_sha256_of_the_rest(tmp_path: Path) -> None:
     assert not check_snapshot_file(path).trailer_ok
     path.write_bytes(b"short")
     assert not check_snapshot_file(path).trailer_ok
-
-
-def test_backup_streams_the_leader_snapshot_into_a_0600_file_with_a_manifest(
-    tmp_path: Path,
-) -> None:
-    gateway = FakeGateway()
-    out = backup(tmp_path, gateway)
-    assert gateway.snapshot_calls == ["10.0.0.11"]
-    assert (out / "chainfire.db").read_bytes() == SNAPSHOT
-    assert (out / "chainfire.db").stat().st_mode & 0o777 == 0o600
-    manifest = json.loads((out / "manifest.json").read_text())
-    [entry] = manifest["snapshots"]
-    assert entry["member"] == {
-        "name": "node01", "id": "1", "client_url": URLS["node01"], "role": "leader"
-    }  # fmt: skip
-    assert (entry["cluster_id"], entry["revision"], entry["raft_term"]) == ("42", 17, 3)
-    assert entry["sha256"] == hashlib.sha256(SNAPSHOT).hexdigest()
-    assert manifest["cluster_name"] == "prod" and manifest["taken_with"] == "node01"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["backup"]
-
-
-def test_a_snapshot_aborted_by_the_leader_is_taken_from_a_follower(tmp_path: Path) -> None:
-    aborted = stream(SNAPSHOT)[:40000] + b'\n{"error":{"grpc_code":14,"message":"closing"}}\n'
-    gateway = FakeGateway({"10.0.0.11": aborted})
-    out = backup(tmp_path, gateway)
-    assert gateway.snapshot_calls == ["10.0.0.11", "10.0.0.12"]
-    entry = json.loads((out / "manifest.json").read_text())["snapshots"][0]
-    assert entry["member"]["name"] == "node02" and entry["member"]["role"] == "follower"
-    assert (out / "chainfire.db").read_bytes() == SNAPSHOT
-
-
-@pytest.mark.parametrize(
-    ("body", "why"),
-    [
-        (stream(SNAPSHOT)[:50000], "the stream broke off mid-message"),
-        (b"\n".join(stream(SNAPSHOT).split(b"\n")[:2]), "bytes still due"),
-        (stream(DB + bytes(32)), "does not match its own sha256 trailer"),
-        (b'{"error":{"grpc_code":14,"message":"etcdserver: stopped"}}\n', "etcdserver: stopped"),
-    ],
-)
-def test_no_complete_snapshot_fails_naming_every_member_and_leaves_nothing(
-    tmp_path: Path, body: bytes, why: str
-) -> None:
-    gateway = FakeGateway({"10.0.0.11": body, "10.0.0.12": body})
-    with pytest.raises(BackupError) as error:
-        backup(tmp_path, gateway)
-    assert why in str(error.value)
-    assert "node01 (http://10.0.0.11:2379)" in str(error.value)
-    assert "node02 (http://10.0.0.12:2379)" in str(error.value)
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_backup_never_writes_into_a_non_empty_directory(tmp_path: Path) -> None:
-    (tmp_path / "backup").mkdir()
-    (tmp_path / "backup" / "old").write_text("x")
-    with pytest.raises(BackupError, match="not an empty directory"):
-        backup(tmp_path, FakeGateway())
-    (tmp_path / "backup" / "old").unlink()
-    backup(tmp_path, FakeGateway())  # an empty one is fine
-
-
-def test_chainfire_backend_is_refused_by_name(tmp_path: Path) -> None:
-    with pytest.raises(BackupError, match="chainfire backend offers no snapshot API"):
-        backup(tmp_path, FakeGateway(), backend="chainfire")
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_verify_backup_refuses_damage_before_anything_is_touched(tmp_path: Path) -> None:
-    out = backup(tmp_path, FakeGateway())
-    assert verify_backup(out).snapshot == out / "chainfire.db"
-    snapshot = out / "chainfire.db"
-    snapshot.write_bytes(SNAPSHOT[:-10])
-    with pytest.raises(RestoreError, match="bytes, the manifest says"):
-        verify_backup(out)
-    snapshot.write_bytes(SNAPSHOT[:100] + b"\xff" + SNAPSHOT[101:])
-    with pytest.raises(RestoreError, match="does not match the manifest"):
-        verify_backup(out)
-    manifest = json.loads((out / "manifest.json").read_text())
-    manifest["snapshots"][0]["sha256"] = hashlib.sha256(snapshot.read_bytes()).hexdigest()
-    (out / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(RestoreError, match="trailer does not match"):
-        verify_backup(out)
-    with pytest.raises(RestoreError, match=r"manifest\.json: missing"):
-        verify_backup(tmp_path)
 
 
 INVENTORY: dict[str, Any] = {
@@ -224,6 +165,164 @@ INVENTORY: dict[str, Any] = {
         for i in (1, 2, 3, 4)
     ],
 }
+
+
+def test_backup_is_one_0600_archive_of_the_leader_snapshot_and_the_server_state(
+    tmp_path: Path, server: ServerSources
+) -> None:
+    gateway = FakeGateway()
+    out = backup(tmp_path, gateway, server)
+    assert gateway.snapshot_calls == ["10.0.0.11"]
+    assert out.stat().st_mode & 0o777 == 0o600
+    files = unpack(out, tmp_path / "x")
+    assert (files / "chainfire.db").read_bytes() == SNAPSHOT
+    manifest = json.loads((files / "manifest.json").read_text())
+    [entry] = manifest["snapshots"]
+    assert entry["member"] == {
+        "name": "node01", "id": "1", "client_url": URLS["node01"], "role": "leader"
+    }  # fmt: skip
+    assert (entry["cluster_id"], entry["revision"], entry["raft_term"]) == ("42", 17, 3)
+    assert entry["sha256"] == hashlib.sha256(SNAPSHOT).hexdigest()
+    assert manifest["cluster_name"] == "prod" and manifest["taken_with"] == "node01"
+    # plasmaboot's own state: an online copy of its store, the PKI, the inventory
+    assert (files / "plasmaboot/pki/ca.key").stat().st_mode & 0o777 == 0o600
+    assert yaml.safe_load((files / "plasmaboot/cluster.yaml").read_text()) == INVENTORY
+    listed = {f["path"]: f["sha256"] for f in manifest["files"]}
+    assert set(listed) >= {"chainfire.db", "plasmaboot/store.sqlite", "plasmaboot/pki/ca.crt",
+                           "plasmaboot/pki/ca.key", "plasmaboot/cluster.yaml"}  # fmt: skip
+    for name, digest in listed.items():
+        assert hashlib.sha256((files / name).read_bytes()).hexdigest() == digest, name
+    assert manifest["plasmaboot"]["store"]["kind"] == "sqlite"
+    copy = SqliteStore(files / manifest["plasmaboot"]["store"]["file"])
+    assert [n.hostname for n in copy.list_nodes()] == ["node01", "node02", "node03", "node04"]
+    copy.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backup.tar", "x"]
+
+
+def test_a_snapshot_aborted_by_the_leader_is_taken_from_a_follower(
+    tmp_path: Path, server: ServerSources
+) -> None:
+    aborted = stream(SNAPSHOT)[:40000] + b'\n{"error":{"grpc_code":14,"message":"closing"}}\n'
+    gateway = FakeGateway({"10.0.0.11": aborted})
+    files = unpack(backup(tmp_path, gateway, server), tmp_path / "x")
+    assert gateway.snapshot_calls == ["10.0.0.11", "10.0.0.12"]
+    entry = json.loads((files / "manifest.json").read_text())["snapshots"][0]
+    assert entry["member"]["name"] == "node02" and entry["member"]["role"] == "follower"
+    assert (files / "chainfire.db").read_bytes() == SNAPSHOT
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (stream(SNAPSHOT)[:50000], "the stream broke off mid-message"),
+        (b"\n".join(stream(SNAPSHOT).split(b"\n")[:2]), "bytes still due"),
+        (stream(DB + bytes(32)), "does not match its own sha256 trailer"),
+        (b'{"error":{"grpc_code":14,"message":"etcdserver: stopped"}}\n', "etcdserver: stopped"),
+    ],
+)
+def test_no_complete_snapshot_fails_naming_every_member_and_leaves_nothing(
+    tmp_path: Path, server: ServerSources, body: bytes, why: str
+) -> None:
+    gateway = FakeGateway({"10.0.0.11": body, "10.0.0.12": body})
+    with pytest.raises(BackupError) as error:
+        backup(tmp_path, gateway, server)
+    assert why in str(error.value)
+    assert "node01 (http://10.0.0.11:2379)" in str(error.value)
+    assert "node02 (http://10.0.0.12:2379)" in str(error.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_backup_never_overwrites_and_needs_the_server_state(
+    tmp_path: Path, server: ServerSources
+) -> None:
+    (tmp_path / "backup.tar").write_text("x")
+    with pytest.raises(BackupError, match="exists; backups never overwrite"):
+        backup(tmp_path, FakeGateway(), server)
+    (tmp_path / "backup.tar").unlink()
+    elsewhere = ServerSources(server.inventory, tmp_path / "nothing", tmp_path / "nothing")
+    with pytest.raises(BackupError, match=r"no cluster CA in .*--state-dir"):
+        backup(tmp_path, FakeGateway(), elsewhere)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_chainfire_backend_is_refused_by_name(tmp_path: Path, server: ServerSources) -> None:
+    with pytest.raises(BackupError, match="chainfire backend offers no snapshot API"):
+        backup(tmp_path, FakeGateway(), server, backend="chainfire")
+    assert list(tmp_path.iterdir()) == []
+
+
+def damaged_copy(archive: Path, tmp_path: Path, damage: Any) -> Path:
+    """The archive, repacked after `damage(files)` changed what was in it."""
+    files = unpack(archive, tmp_path / "damaged")
+    damage(files)
+    copy = tmp_path / "damaged.tar"
+    with tarfile.open(copy, "w") as tar:
+        for path in sorted(files.rglob("*")):
+            tar.add(path, arcname=path.relative_to(files).as_posix(), recursive=False)
+    return copy
+
+
+def test_verify_backup_refuses_damage_before_anything_is_touched(
+    tmp_path: Path, server: ServerSources
+) -> None:
+    out = backup(tmp_path, FakeGateway(), server)
+    verified = verify_backup(out, tmp_path / "ok")
+    assert verified.snapshot == tmp_path / "ok" / "chainfire.db"
+    assert verified.inventory == tmp_path / "ok" / "plasmaboot" / "cluster.yaml"
+
+    def flip(name: str) -> Any:
+        def damage(files: Path) -> None:
+            data = bytearray((files / name).read_bytes())
+            data[100] ^= 0xFF
+            (files / name).write_bytes(bytes(data))
+
+        return damage
+
+    def resigned(files: Path) -> None:  # a snapshot damaged before the manifest was made
+        flip("chainfire.db")(files)
+        manifest = json.loads((files / "manifest.json").read_text())
+        for entry in manifest["files"]:
+            if entry["path"] == "chainfire.db":
+                entry["sha256"] = hashlib.sha256((files / "chainfire.db").read_bytes()).hexdigest()
+        (files / "manifest.json").write_text(json.dumps(manifest))
+
+    cases = [
+        (flip("chainfire.db"), "chainfire.db does not match its size and sha256"),
+        (flip("plasmaboot/store.sqlite"), "store.sqlite does not match its size and sha256"),
+        (lambda f: (f / "plasmaboot/pki/ca.key").unlink(), r"missing \['plasmaboot/pki/ca.key'\]"),
+        (resigned, "trailer does not match"),
+    ]
+    for i, (damage, why) in enumerate(cases):
+        copy = damaged_copy(out, tmp_path / f"case{i}", damage)
+        with pytest.raises(RestoreError, match=why):
+            verify_backup(copy, tmp_path / f"case{i}" / "into")
+    truncated = tmp_path / "truncated.tar"
+    truncated.write_bytes(out.read_bytes()[:5000])
+    with pytest.raises(RestoreError, match="the backup is damaged"):
+        verify_backup(truncated, tmp_path / "t")
+    with pytest.raises(RestoreError, match="no such file"):
+        verify_backup(tmp_path / "none.tar", tmp_path / "n")
+
+
+def test_server_state_comes_back_only_into_a_new_state_directory(
+    tmp_path: Path, server: ServerSources
+) -> None:
+    verified = verify_backup(backup(tmp_path, FakeGateway(), server), tmp_path / "x")
+    fresh = tmp_path / "new-server"
+    lines = restore_server_state(verified.directory, verified.manifest, fresh, None)
+    assert [line.split(" ")[0] for line in lines] == ["plasmaboot", "PKI", "inventory"]
+    store = SqliteStore.in_dir(fresh)
+    assert len(store.list_nodes()) == 4
+    store.close()
+    ca = server.state_dir / "pki" / "ca.crt"
+    assert (fresh / "pki" / "ca.crt").read_bytes() == ca.read_bytes()
+    assert (fresh / "pki" / "ca.key").stat().st_mode & 0o777 == 0o600
+    assert (fresh / "cluster.yaml").read_text() == server.inventory.read_text()
+    with pytest.raises(Exception, match="never overwrites a CA"):
+        restore_server_state(verified.directory, verified.manifest, fresh, None)
+    with pytest.raises(Exception, match="holds a SQLite store"):
+        restore_server_state(verified.directory, verified.manifest, tmp_path / "pg",
+                             "postgresql://u@127.0.0.1/db")  # fmt: skip
 
 
 def test_restore_plan_checks_and_stops_everything_before_it_restores_anything() -> None:
@@ -301,9 +400,9 @@ def test_failed_step_stops_the_restore_naming_member_and_output(tmp_path: Path) 
 
 
 def test_restore_without_yes_prints_the_plan_and_touches_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: ServerSources
 ) -> None:
-    out = backup(tmp_path, FakeGateway())
+    out = backup(tmp_path, FakeGateway(), server)
     inventory = tmp_path / "cluster.yaml"
     inventory.write_text(yaml.safe_dump(INVENTORY))
 

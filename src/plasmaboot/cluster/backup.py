@@ -4,7 +4,8 @@ The runbook tars the store's data directory on live nodes. A member keeps writin
 log and database while tar reads them, so the archive can hold a log and a database from
 different moments (a torn WAL, a half-written page): a restore that will not start, or one
 that silently lost writes. etcd's maintenance API instead streams a copy of its backend
-read in one transaction, plus a sha256 of that copy as the last 32 bytes.
+read in one transaction, plus a sha256 of that copy as the last 32 bytes. The snapshot goes
+into one archive with plasmaboot's own store, PKI and inventory (cluster/archive.py).
 
 The gateway answers ``POST /v3/maintenance/snapshot`` (etcd 3.4) with newline-separated
 JSON messages ``{"result": {"blob": BASE64, "remaining_bytes": "N"}}``, 32 KiB per blob,
@@ -12,9 +13,9 @@ JSON messages ``{"result": {"blob": BASE64, "remaining_bytes": "N"}}``, 32 KiB p
 A failure mid-stream comes as ``{"error": {...}}``.
 
 The snapshot comes from the leader when it is healthy (it holds every committed entry),
-else from the first healthy voting member; the manifest says which. Everything is written
-into a hidden staging directory next to ``--out`` (0700, files 0600, each fsynced), checked
-again from disk, and renamed to ``--out`` only when complete: a failure leaves nothing there.
+else from the first healthy voting member; the manifest says which. It is written into a
+hidden staging directory next to ``--out`` (0700, files 0600, each fsynced) and checked
+again from disk; the archive is renamed to ``--out`` only when complete.
 The Chainfire flavour has no snapshot API (its admin API knows membership and health only),
 so it is refused by name.
 """
@@ -22,7 +23,6 @@ so it is refused by name.
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -39,11 +39,11 @@ from typing import Any
 import httpx
 
 import plasmaboot
+from plasmaboot.cluster.archive import ArchiveError, ServerSources, copy_server_state, seal
 from plasmaboot.firstboot.backends import ClusterUnreachable, Member, MembershipError, make_backend
 from plasmaboot.firstboot.config import FirstBootConfig, ServicePlan
+from plasmaboot.store.dump import DumpError
 
-MANIFEST = "manifest.json"
-FORMAT = "plasmaboot-cluster-backup/1"
 SHA256_SIZE = 32
 READ_TIMEOUT_S = 60.0
 #: (bytes received, bytes expected in all) for a progress display
@@ -158,14 +158,6 @@ def stream_snapshot(
     return size
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _snapshot_service(
     plan: ServicePlan,
     client: httpx.Client,
@@ -250,16 +242,13 @@ def _entry(
 
 @dataclass(frozen=True)
 class BackupResult:
-    directory: Path
+    archive: Path
     manifest: dict[str, Any]
 
 
-def _prepare_out(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise BackupError(
-            f"{out} exists and is not an empty directory; backups never overwrite: "
-            "choose a new --out"
-        )
+def _check_out(out: Path) -> None:
+    if out.exists():
+        raise BackupError(f"{out} exists; backups never overwrite: choose a new --out")
     if not out.parent.is_dir():
         raise BackupError(f"{out.parent} does not exist; create it or choose another --out")
 
@@ -268,13 +257,15 @@ def take_backup(
     plan: FirstBootConfig,
     client: httpx.Client,
     out: Path,
+    server: ServerSources,
     services: list[str] | None = None,
     progress: Callable[[str], ProgressCallback | None] | None = None,
     now: dt.datetime | None = None,
 ) -> BackupResult:
-    """Snapshot every configured (or named) service into ``out``: all of it or nothing."""
+    """Snapshot every configured (or named) service and copy plasmaboot's own state into
+    the archive `out` (cluster/archive.py): all of it or nothing."""
     out = out.absolute()
-    _prepare_out(out)
+    _check_out(out)
     chosen = [s for s in plan.services if not services or s.service in services]
     if not chosen:
         names = [s.service for s in plan.services]
@@ -286,24 +277,18 @@ def take_backup(
             _snapshot_service(svc, client, staging, progress(svc.service) if progress else None)
             for svc in chosen
         ]
-        manifest = {
-            "format": FORMAT,
+        try:
+            state = copy_server_state(server, staging)
+        except (ArchiveError, DumpError, OSError) as error:
+            raise BackupError(f"plasmaboot's own state: {error}") from error
+        manifest = seal(staging, {
             "cluster_name": plan.cluster_name,
             "created": created.isoformat().replace("+00:00", "Z"),
             "plasmaboot_version": plasmaboot.__version__,
             "taken_with": plan.node_id,
             "snapshots": entries,
-        }
-        fd = os.open(staging / MANIFEST, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(manifest, indent=2) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        _fsync_dir(staging)
-        os.rename(staging, out)  # replaces an empty --out in one step
-        _fsync_dir(out.parent)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(staging)
-        raise
+            "plasmaboot": state,
+        }, out)  # fmt: skip
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return BackupResult(out, manifest)

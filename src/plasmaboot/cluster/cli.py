@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import json
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,16 +21,20 @@ from plasmaboot.cli_common import (
     CaOption,
     ServerOption,
     StateDirOption,
+    StoreOption,
     TokenFileOption,
     load_or_exit,
     remote_errors,
+    store_location,
 )
-from plasmaboot.cluster.backup import MANIFEST, BackupError, ProgressCallback, take_backup
+from plasmaboot.cluster.archive import MANIFEST, ArchiveError, ServerSources, restore_server_state
+from plasmaboot.cluster.backup import BackupError, ProgressCallback, take_backup
 from plasmaboot.cluster.membership import QuorumRefused, config_membership
 from plasmaboot.cluster.restore import (
     LocalRunner,
     NodeRunner,
     RestoreError,
+    RestoreMember,
     SshRunner,
     plan_restore,
     restore_members,
@@ -43,6 +48,7 @@ from plasmaboot.firstboot.config import ConfigError, FirstBootConfig, load_confi
 from plasmaboot.firstboot.retry import Backoff
 from plasmaboot.remote import AdminApi, admin_token, ca_file
 from plasmaboot.render.etcd import STORE_SERVICE
+from plasmaboot.store.dump import DumpError
 
 app = typer.Typer(help="Check and change cluster membership; back up and restore the store.")
 
@@ -205,22 +211,34 @@ def remove_command(
 @app.command("backup")
 def backup_command(
     config: ConfigOption,
-    out: Annotated[
-        Path, typer.Option("--out", help="A new (or empty) directory for snapshot + manifest.")
+    out: Annotated[Path, typer.Option("--out", help="The archive to write (a new file).")],
+    inventory: Annotated[
+        Path,
+        typer.Option("--inventory", dir_okay=False, help="The inventory (cluster.yaml)."),
     ],
+    state_dir: StateDirOption = DEFAULT_STATE_DIR,
+    store: StoreOption = None,
     service: ServiceOption = None,
     server: LocalOnly = None,
 ) -> None:
-    """Runbook 9.4: a consistent snapshot of the store through its API, with a manifest.
+    """Runbook 9.4: one archive of the cluster store's snapshot (taken through its API) and
+    the provisioning server's own store (copied online), PKI and inventory, with a manifest.
 
-    Taken from the leader (else a healthy member), written atomically (0600), checked
-    against its sha256 trailer and with etcdctl when installed; a failure leaves nothing.
-    Local only (writes the snapshot here, with a member's cluster-config.json and TLS).
+    The snapshot comes from the leader (else a healthy member) and is checked against its
+    sha256 trailer and with etcdctl when installed; every file is listed with its sha256; a
+    failure leaves nothing. The archive holds the CA key: it is 0600, keep it that way.
+    Local only (the snapshot is taken here, with a member's cluster-config.json and TLS).
     """
-    _local_only("backup", server, "it writes the snapshot on this machine with a member's "
+    _local_only("backup", server, "it writes the archive on this machine with a member's "
                 "cluster-config.json and TLS files; run it where those are, without "
                 "--server")  # fmt: skip
     plan = _load(config)
+    inv = load_or_exit(inventory)
+    if plan.cluster_name and plan.cluster_name != inv.cluster.name:
+        typer.echo(f"error: {config} is for cluster {plan.cluster_name}, {inventory} describes "
+                   f"{inv.cluster.name}; pass the matching inventory", err=True)  # fmt: skip
+        raise typer.Exit(code=1)
+    sources = ServerSources(inventory, state_dir, store_location(store, state_dir))
     console = Console(stderr=True)
     columns = (*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn())
     with (
@@ -233,7 +251,7 @@ def backup_command(
             return lambda done, total: progress.update(task, completed=done, total=total)
 
         try:
-            result = take_backup(plan, client, out, service, track)
+            result = take_backup(plan, client, out, sources, service, track)
         except (BackupError, OSError) as error:
             typer.echo(f"error: {error}; nothing was written to {out}", err=True)
             raise typer.Exit(code=1) from error
@@ -250,7 +268,12 @@ def backup_command(
             f"({member['role']}, {member['client_url']}), cluster {entry['cluster_id']}, "
             f"revision {entry['revision']}; verified: {checked}; sha256 {entry['sha256']}"
         )
-    typer.echo(f"backup written to {result.directory} ({MANIFEST} lists it)")
+    kept = result.manifest["plasmaboot"]["store"]
+    typer.echo(f"plasmaboot: its {kept['kind']} store (schema {kept['schema_version']}), "
+               "PKI and inventory")  # fmt: skip
+    files = result.manifest["files"]
+    typer.echo(f"backup written to {result.archive} ({len(files)} files, each with its sha256 "
+               f"in {MANIFEST}; it holds the CA key: keep it 0600)")  # fmt: skip
 
 
 class RunnerKind(enum.StrEnum):
@@ -279,12 +302,86 @@ def _wait_verified(verify_config: Path, expect: int, wait_s: float) -> bool:
     return False
 
 
+def _node_runner(
+    runner: RunnerKind, local_root: Path | None, ssh_option: list[str] | None
+) -> NodeRunner:
+    if runner is RunnerKind.ssh:
+        return SshRunner(ssh_option or ())
+    if local_root is None:
+        typer.echo("error: --runner local needs --local-root DIR", err=True)
+        raise typer.Exit(code=2)
+    return LocalRunner(local_root)
+
+
+def _restore(
+    backup: Path,
+    scratch: Path,
+    inventory: Path | None,
+    yes: bool,
+    server_state: Path | None,
+    store: str | None,
+    node_runner: NodeRunner,
+) -> list[RestoreMember]:
+    """Verify the archive (extracted into `scratch`), then rebuild: the provisioning
+    server's state when asked, then every store member. Returns the members."""
+    try:
+        verified = verify_backup(backup, scratch)
+    except RestoreError as error:
+        typer.echo(f"error: {error}; nothing was touched", err=True)
+        raise typer.Exit(code=1) from error
+    inv = load_or_exit(inventory or verified.inventory)
+    try:
+        members = restore_members(inv)
+    except RestoreError as error:
+        typer.echo(f"error: {error}; nothing was touched", err=True)
+        raise typer.Exit(code=1) from error
+    if verified.cluster_name and verified.cluster_name != inv.cluster.name:
+        typer.echo(
+            f"error: {backup} is a backup of cluster {verified.cluster_name}, {inventory} "
+            f"describes {inv.cluster.name}; pass the matching inventory; nothing was touched",
+            err=True,
+        )
+        raise typer.Exit(code=1)
+    entry = verified.entry
+    typer.echo(
+        f"backup {backup}: {STORE_SERVICE} snapshot of revision {entry.get('revision')} from "
+        f"{entry.get('member', {}).get('name')}, taken {verified.created}; every file's "
+        "sha256 verified"
+    )
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    steps = plan_restore(members, verified.snapshot, stamp)
+    if not yes:
+        if server_state is not None:
+            typer.echo(f"  [server] rebuild plasmaboot's store, PKI, inventory in {server_state}")
+        for step in steps:
+            typer.echo(f"  [{step.phase}] {step.member.name}: {step.what}")
+        typer.echo(
+            f"refused: this replaces the data of {', '.join(m.name for m in members)} with the "
+            f"backup (every write since {verified.created} is lost); pass --yes to do it",
+            err=True,
+        )
+        raise typer.Exit(code=1)
+    try:
+        if server_state is not None:
+            for line in restore_server_state(verified.directory, verified.manifest,
+                                             server_state, store):  # fmt: skip
+                typer.echo(f"[server] {line}")
+        run_plan(steps, node_runner, typer.echo)
+    except (RestoreError, ArchiveError, DumpError, OSError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=1) from error
+    return members
+
+
 @app.command("restore")
 def restore_command(
-    backup: Annotated[Path, typer.Option("--backup", help="A directory `backup` wrote.")],
+    backup: Annotated[Path, typer.Option("--backup", help="An archive `backup` wrote.")],
     inventory: Annotated[
-        Path, typer.Option("-c", "--config", help="The inventory (cluster.yaml).")
-    ],
+        Path | None,
+        typer.Option(
+            "-c", "--config", help="The inventory (cluster.yaml); default: the archive's own."
+        ),
+    ] = None,
     yes: Annotated[
         bool, typer.Option("--yes", help="Replace every member's data with the backup.")
     ] = False,
@@ -305,60 +402,31 @@ def restore_command(
         typer.Option("--verify-config", help="A cluster-config.json: wait for a healthy cluster."),
     ] = None,
     wait_s: Annotated[float, typer.Option("--wait-s", help="How long to wait for it.")] = 120.0,
+    server_state: Annotated[
+        Path | None,
+        typer.Option(
+            "--server-state",
+            help="Also rebuild the provisioning server's state (store, PKI, inventory) into "
+            "this new state directory.",
+        ),
+    ] = None,
+    store: StoreOption = None,
     server: LocalOnly = None,
 ) -> None:
     """Runbook 9.3 (complete cluster loss): rebuild every store member from a backup.
 
-    Verifies the backup first; then, phase by phase on every member of the inventory's
-    cluster: check etcdctl, stop etcd, `etcdctl snapshot restore` into a fresh directory,
-    swap it in (the old one is kept), start etcd. Without --yes it only prints the plan.
-    Local only (the backup here, SSH to each member from here).
+    Verifies every file of the archive first; with --server-state, rebuilds the provisioning
+    server's store, PKI and inventory in that new directory (--store: into an empty
+    PostgreSQL database); then, phase by phase on every member of the inventory's cluster:
+    check etcdctl, stop etcd, `etcdctl snapshot restore` into a fresh directory, swap it in
+    (the old one is kept), start etcd. Without --yes it only prints the plan.
+    Local only (the archive here, SSH to each member from here).
     """
     _local_only("restore", server, "it reads the backup here and reaches each member over "
                 "SSH from this machine; run it without --server")  # fmt: skip
-    inv = load_or_exit(inventory)
-    try:
-        verified = verify_backup(backup)
-        members = restore_members(inv)
-    except RestoreError as error:
-        typer.echo(f"error: {error}; nothing was touched", err=True)
-        raise typer.Exit(code=1) from error
-    if verified.cluster_name and verified.cluster_name != inv.cluster.name:
-        typer.echo(
-            f"error: {backup} is a backup of cluster {verified.cluster_name}, {inventory} "
-            f"describes {inv.cluster.name}; pass the matching inventory; nothing was touched",
-            err=True,
-        )
-        raise typer.Exit(code=1)
-    entry = verified.entry
-    typer.echo(
-        f"backup {backup}: {STORE_SERVICE} snapshot of revision {entry.get('revision')} from "
-        f"{entry.get('member', {}).get('name')}, taken {verified.created}; sha256 verified"
-    )
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    steps = plan_restore(members, verified.snapshot, stamp)
-    if not yes:
-        for step in steps:
-            typer.echo(f"  [{step.phase}] {step.member.name}: {step.what}")
-        typer.echo(
-            f"refused: this replaces the data of {', '.join(m.name for m in members)} with the "
-            f"backup (every write since {verified.created} is lost); pass --yes to do it",
-            err=True,
-        )
-        raise typer.Exit(code=1)
-    node_runner: NodeRunner
-    if runner is RunnerKind.local:
-        if local_root is None:
-            typer.echo("error: --runner local needs --local-root DIR", err=True)
-            raise typer.Exit(code=2)
-        node_runner = LocalRunner(local_root)
-    else:
-        node_runner = SshRunner(ssh_option or ())
-    try:
-        run_plan(steps, node_runner, typer.echo)
-    except RestoreError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(code=1) from error
+    with tempfile.TemporaryDirectory(prefix="plasmaboot-restore-") as scratch:
+        members = _restore(backup, Path(scratch), inventory, yes, server_state, store,
+                           _node_runner(runner, local_root, ssh_option))  # fmt: skip
     typer.echo(f"restored {len(members)} members from {backup}")
     if verify_config is not None:
         if not _wait_verified(verify_config, len(members), wait_s):

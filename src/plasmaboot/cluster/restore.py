@@ -26,7 +26,6 @@ after a failure halfway gives the same cluster.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
@@ -37,7 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
-from plasmaboot.cluster.backup import MANIFEST, check_snapshot_file
+from plasmaboot.cluster.archive import ArchiveError, open_archive
+from plasmaboot.cluster.backup import check_snapshot_file
 from plasmaboot.inventory.models import Inventory
 from plasmaboot.render.etcd import ETCD_UNIT, JOIN_ENV, STORE_SERVICE, etcd_settings, runs_etcd
 
@@ -56,58 +56,48 @@ class NodePath(str):
 
 @dataclass(frozen=True)
 class VerifiedBackup:
-    directory: Path
+    directory: Path  # where the archive was extracted and checked
+    manifest: dict[str, Any]
     snapshot: Path
     entry: dict[str, Any]
-    cluster_name: str
-    created: str
+
+    @property
+    def cluster_name(self) -> str:
+        return str(self.manifest.get("cluster_name", ""))
+
+    @property
+    def created(self) -> str:
+        return str(self.manifest.get("created", ""))
+
+    @property
+    def inventory(self) -> Path:
+        return self.directory / PurePosixPath(self.manifest["plasmaboot"]["inventory"])
 
 
-def verify_backup(directory: Path, service: str = STORE_SERVICE) -> VerifiedBackup:
-    """Check the manifest, size, sha256 and etcd's own trailer before anything is touched."""
-    manifest_path = directory / MANIFEST
+def verify_backup(archive: Path, into: Path, service: str = STORE_SERVICE) -> VerifiedBackup:
+    """Extract the archive into the empty directory `into`; check every file against the
+    manifest and the snapshot against etcd's own trailer, before anything is touched."""
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except FileNotFoundError as error:
-        raise RestoreError(
-            f"{manifest_path}: missing; --backup must be a directory `plasmaboot cluster "
-            "backup --out` wrote"
-        ) from error
-    except (OSError, ValueError) as error:
-        raise RestoreError(f"{manifest_path}: unreadable ({error}); use another copy") from error
+        manifest = open_archive(archive, into)
+    except ArchiveError as error:
+        raise RestoreError(str(error)) from None
     entries = [e for e in manifest.get("snapshots", []) if e.get("service") == service]
     if not entries:
         found = [e.get("service") for e in manifest.get("snapshots", [])]
-        raise RestoreError(f"{manifest_path}: no {service} snapshot in it (has {found})")
+        raise RestoreError(f"{archive}: no {service} snapshot in it (has {found})")
     entry = entries[0]
     if entry.get("backend") != "etcd":
         raise RestoreError(
-            f"{manifest_path}: {service} is a {entry.get('backend')} snapshot; only etcd "
+            f"{archive}: {service} is a {entry.get('backend')} snapshot; only etcd "
             "snapshots can be restored"
         )
-    snapshot = directory / PurePosixPath(str(entry.get("file", ""))).name
-    if not snapshot.is_file():
-        raise RestoreError(f"{snapshot}: missing; the manifest names it as {service}'s snapshot")
-    check = check_snapshot_file(snapshot)
-    damaged = "the backup is damaged; use another copy or take a new backup"
-    if check.size != entry.get("size"):
+    snapshot = into / PurePosixPath(str(entry.get("file", ""))).name
+    if not check_snapshot_file(snapshot).trailer_ok:
         raise RestoreError(
-            f"{snapshot}: {check.size} bytes, the manifest says {entry.get('size')}; {damaged}"
+            f"{archive}: {snapshot.name}: etcd's sha256 trailer does not match; the backup is "
+            "damaged; use another copy or take a new backup"
         )
-    if check.sha256 != entry.get("sha256"):
-        raise RestoreError(
-            f"{snapshot}: sha256 {check.sha256} does not match the manifest's "
-            f"{entry.get('sha256')}; {damaged}"
-        )
-    if not check.trailer_ok:
-        raise RestoreError(f"{snapshot}: etcd's sha256 trailer does not match; {damaged}")
-    return VerifiedBackup(
-        directory,
-        snapshot,
-        entry,
-        str(manifest.get("cluster_name", "")),
-        str(manifest.get("created", "")),
-    )
+    return VerifiedBackup(into, manifest, snapshot, entry)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,9 @@ import httpx
 import pytest
 import yaml
 
+from plasmaboot.pki import rotation
+from plasmaboot.serve.admin import TLS_CHECK_S
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -257,3 +260,37 @@ def test_watch_through_the_admin_listener_trusts_the_ca(served: Served) -> None:
     assert "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr.replace("\n", " ")
     boot_port = served.cli("watch", "node01", "--server", BOOT, "--timeout", "10", env=env)
     assert boot_port.returncode == 1 and "admin listener" in boot_port.stderr
+
+
+def test_a_ca_rotation_reaches_the_running_listener_without_a_restart(served: Served) -> None:
+    """Last in the file: it replaces the CA. `pki rotate-ca`'s PKI steps (begin, drop-old,
+    finish) while serve runs; a client trusting only the new CA is then served by the same
+    process, and the admin probe of /health stays healthy."""
+    pki = served.state / "pki"
+    old_ca = (pki / "ca.crt").read_bytes()
+    old_trust = served.state.parent / "old-ca.crt"
+    old_trust.write_bytes(old_ca)
+    rotation.begin(pki, "lab", [])
+    rotation.drop_old(pki)  # the admin certificate reissued from the new CA, alone trusted
+    rotation.finish(pki)
+    assert (pki / "ca.crt").read_bytes() != old_ca
+    new_trust = ssl.create_default_context(cafile=pki / "ca.crt")
+    deadline = time.monotonic() + TLS_CHECK_S + 10
+    while True:
+        try:
+            answer = httpx.get(ADMIN + "/health", verify=new_trust, timeout=5)
+            break
+        except httpx.ConnectError as exc:  # the old certificate, until the listener reloads
+            assert "CERTIFICATE_VERIFY_FAILED" in str(exc), exc
+            assert time.monotonic() < deadline, served.log.read_text()[-3000:]
+            time.sleep(0.5)
+    assert served.proc.poll() is None
+    assert "admin API certificate reloaded" in served.log.read_text()
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(ADMIN + "/health", verify=ssl.create_default_context(cafile=old_trust))
+    # serve's own admin probe trusts the new ca.crt as well: healthy again, and stays so
+    deadline = time.monotonic() + 30
+    while answer.status_code != 200 or answer.json()["services"]["admin"] != "running":
+        assert time.monotonic() < deadline, answer.text
+        time.sleep(1)
+        answer = httpx.get(ADMIN + "/health", verify=new_trust, timeout=5)

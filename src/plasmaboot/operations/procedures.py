@@ -228,13 +228,13 @@ async def _rotate(site: Site, o: RotateOptions) -> RotationResult:
 
 def _ca_rotation_refusal(o: RotateCaOptions) -> str | None:
     """A server reports a CA rotation but does not run one: the rotation replaces the CA
-    its own admin listener presents a certificate of, and every client of the listener
-    would refuse it until serve restarts."""
+    its own admin listener presents a certificate of, so the client asking for it through
+    that listener would lose its trust in the listener halfway (it holds the old CA)."""
     if o.status:
         return None
     return ("a CA rotation replaces the CA of this server's own admin certificate: run "
-            "`plasmaboot pki rotate-ca` on the provisioning server itself, then restart "
-            "serve (`--status` works through the server)")  # fmt: skip
+            "`plasmaboot pki rotate-ca` on the provisioning server itself (`--status` works "
+            "through the server)")  # fmt: skip
 
 
 async def _rotate_ca(site: Site, o: RotateCaOptions) -> CaRotationReport | None:

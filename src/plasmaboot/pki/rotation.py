@@ -125,6 +125,18 @@ def issued_by_signer(pki: Path, cert_path: Path) -> bool:
     return True
 
 
+def issued_by_trusted(pki: Path, cert_path: Path) -> bool:
+    """Whether a CA of `ca.crt` (either one, during a rotation) signed the certificate."""
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    for ca in _certs(pki / CA_CERT):
+        try:
+            cert.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return True
+    return False
+
+
 def drop_old(pki: Path) -> list[str]:
     """Reissue every certificate here the old CA signed (same SANs, usages and key), then
     trust the new CA alone; the names reissued."""

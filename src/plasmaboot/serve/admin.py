@@ -5,18 +5,25 @@ On start, `serve` makes the CA in `<state-dir>/pki` if there is none (as the fir
 install would), and issues `plasmaboot.admin.crt` for the admin listener when it is
 missing, near expiry, or its SANs differ from what the configuration asks: the listen
 address (a wildcard: every name and address a client may use: the host's names,
-`localhost`, loopback and the provisioning address) plus `server.admin.names`. Clients
-trust `<state-dir>/pki/ca.crt` (`plasmaboot watch --ca`, `curl --cacert`).
+`localhost`, loopback and the provisioning address) plus `server.admin.names`, or when
+no CA of `ca.crt` signed it (the CA was replaced). Clients trust `<state-dir>/pki/ca.crt`
+(`plasmaboot watch --ca`, `curl --cacert`).
+
+A CA rotation (`pki rotate-ca`, its drop-old phase) reissues the certificate on disk while
+serve runs; `AdminTls` loads it again into the listener's context (on SIGHUP and every
+few seconds), so clients that trust only the new CA are served without a restart.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import fcntl
 import ipaddress
 import os
 import socket
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 from plasmaboot import logs
@@ -28,6 +35,7 @@ from plasmaboot.pki.authority import (
     init_ca,
     issue_server_cert,
 )
+from plasmaboot.pki.rotation import issued_by_trusted
 from plasmaboot.provision.nodefiles import REISSUE_DAYS, pki_dir
 
 log = logs.get_logger("plasmaboot.serve")
@@ -35,6 +43,7 @@ log = logs.get_logger("plasmaboot.serve")
 CERT_NAME = "plasmaboot.admin"  # has a dot: no node's short host name can take its files
 STATIC_TOKEN_ENV = "PLASMABOOT_ADMIN_TOKEN"
 STATIC_TOKEN_FILE = "admin.token"
+TLS_CHECK_S = 5.0  # how soon a certificate reissued on disk reaches new connections
 
 
 def admin_sans(inv: Inventory, address: str) -> tuple[list[str], list[str]]:
@@ -75,7 +84,8 @@ def _ensure(pki: Path, inv: Inventory, address: str) -> NodeCertPaths:
         info = cert_info(paths.cert)
         fresh = info.days_left(dt.datetime.now(dt.UTC)) > REISSUE_DAYS
         wanted_ips = {str(ipaddress.ip_address(i)) for i in ips}
-        if fresh and set(info.dns_names) == set(dns) and set(info.ip_addresses) == wanted_ips:
+        same_sans = set(info.dns_names) == set(dns) and set(info.ip_addresses) == wanted_ips
+        if fresh and same_sans and issued_by_trusted(pki, paths.cert):
             return paths
     log.info("admin API certificate issued", ca=str(pki / CA_CERT), sans=dns + ips)
     return issue_server_cert(pki, CERT_NAME, dns, ips)
@@ -94,6 +104,61 @@ def server_context(paths: NodeCertPaths) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(paths.cert, paths.key)
     return context
+
+
+class AdminTls:
+    """The admin listener's TLS context, kept in step with its certificate on disk:
+    `refresh` reissues it when needed and loads changed files into the same context (new
+    connections get the new certificate, open ones keep theirs)."""
+
+    def __init__(self, state_dir: Path, inv: Inventory, address: str) -> None:
+        self.state_dir, self.address = state_dir, address
+        self.paths = ensure_admin_certificate(state_dir, inv, address)
+        self.context = server_context(self.paths)
+        self._loaded = self._stamp()
+        self._trust: tuple[int, ssl.SSLContext] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def _stamp(self) -> tuple[int, int]:
+        return self.paths.cert.stat().st_mtime_ns, self.paths.key.stat().st_mtime_ns
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client's view: trusting `ca.crt` as it is now (for the health probe)."""
+        changed = self.paths.ca_cert.stat().st_mtime_ns
+        if self._trust is None or self._trust[0] != changed:
+            self._trust = changed, ssl.create_default_context(cafile=self.paths.ca_cert)
+        return self._trust[1]
+
+    def refresh(self, inv: Inventory) -> bool:
+        """Reissue if needed, reload if the files changed; whether it reloaded. A pair
+        caught half written (a certificate without its new key) is kept for the next try."""
+        try:
+            self.paths = ensure_admin_certificate(self.state_dir, inv, self.address)
+            stamp = self._stamp()
+            if stamp == self._loaded:
+                return False
+            self.context.load_cert_chain(self.paths.cert, self.paths.key)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            log.warning("admin API certificate not reloaded; the loaded one stays",
+                        cert=str(self.paths.cert), reason=str(exc))  # fmt: skip
+            return False
+        self._loaded = stamp
+        log.info("admin API certificate reloaded", cert=str(self.paths.cert))
+        return True
+
+    def start(self, inventory: Callable[[], Inventory]) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._follow(inventory))
+
+    async def _follow(self, inventory: Callable[[], Inventory]) -> None:
+        while True:
+            await asyncio.sleep(TLS_CHECK_S)
+            await asyncio.to_thread(self.refresh, inventory())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
 
 
 def static_admin_token(state_dir: Path) -> str | None:

@@ -108,13 +108,15 @@ def tftp_probe(server: TftpServer, thread: LoopThread, interface: str | None) ->
     return probe
 
 
-def http_probe(bind: str, port: int, tls: ssl.SSLContext | None = None) -> Probe:
-    """`GET HTTP_PROBE_PATH` on the listener at `bind`:`port` (over TLS with `tls`)."""
+def http_probe(bind: str, port: int, tls: Callable[[], ssl.SSLContext] | None = None) -> Probe:
+    """`GET HTTP_PROBE_PATH` on the listener at `bind`:`port` (over TLS with the context
+    `tls` gives at each probe: the CAs a client trusts may change while serve runs)."""
 
     async def probe() -> None:
         host = own_address(bind)
+        context = tls() if tls else None
         reader, writer = await asyncio.open_connection(
-            host, port, ssl=tls, server_hostname=host if tls else None
+            host, port, ssl=context, server_hostname=host if context else None
         )
         try:
             name = f"[{host}]" if ":" in host else host

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,9 +26,8 @@ from plasmaboot.inventory import Inventory, InventoryError, load_inventory
 from plasmaboot.provision import DeadlineReaper, Provisioner, ProvisionerSettings
 from plasmaboot.provision.servers import Heartbeat, local_heartbeat
 from plasmaboot.serve.admin import (
+    AdminTls,
     admin_url,
-    ensure_admin_certificate,
-    server_context,
     static_admin_token,
 )
 from plasmaboot.serve.health import HealthProber, Probe, dhcp_probe, http_probe, tftp_probe
@@ -128,6 +126,7 @@ class ProvisioningServer:
         )
         self.provisioner.server_id = self.identity.server_id
         self.heartbeat: Heartbeat | None = None
+        self.admin_tls: AdminTls | None = None
 
     def reload(self) -> list[str]:
         """Swap in the inventory file's current content, or keep the running one."""
@@ -141,6 +140,8 @@ class ProvisioningServer:
         self.provisioner.inventory = inv
         if self.dhcp is not None:
             self.dhcp.reload(inv)
+        if self.admin_tls is not None:  # the admin names may have changed, or the CA
+            self.admin_tls.refresh(inv)
         log.info(
             "inventory reloaded",
             added=result.added,
@@ -157,7 +158,7 @@ class ProvisioningServer:
         await self.http.setup()
         await web.TCPSite(self.http, opts.bind, self.http_port, reuse_address=True).start()
         # The admin API: its own address and port, TLS from plasmaboot's CA (serve/admin.py).
-        certificate = ensure_admin_certificate(opts.state_dir, inv, self.admin_bind)
+        self.admin_tls = admin_tls = AdminTls(opts.state_dir, inv, self.admin_bind)
         admin_app = build_app(self.provisioner, static, self.reload, listener="admin")
         dashboard.install(admin_app, self.provisioner, self.reaper)
         self.admin = web.AppRunner(admin_app, access_log=None)
@@ -166,7 +167,7 @@ class ProvisioningServer:
             self.admin,
             self.admin_bind,
             self.admin_port,
-            ssl_context=server_context(certificate),
+            ssl_context=admin_tls.context,
             reuse_address=True,
         ).start()
         self.tftp = TftpServer(
@@ -200,7 +201,7 @@ class ProvisioningServer:
             "admin": http_probe(
                 self.admin_bind,
                 self.admin_port,
-                ssl.create_default_context(cafile=certificate.ca_cert),
+                admin_tls.client_context,
             ),
             "tftp": tftp_probe(self.tftp, self.tftp_thread, self.interface),
         }
@@ -210,6 +211,7 @@ class ProvisioningServer:
         await self.health.probe_once()
         self.health.publish(self.provisioner.probes)
         self.health.start()
+        admin_tls.start(lambda: self.provisioner.inventory)  # a CA rotation's reissue
         self.reaper.start()  # deadlines of the states that wait for the machine
         # every server of the store sees this one, and its health (GET /api/v1/servers)
         self.heartbeat = Heartbeat(self.store, self.identity, self.provisioner.service_status)
@@ -224,7 +226,7 @@ class ProvisioningServer:
         log.info(
             f"serving {inv.cluster.name}: http {opts.bind}:{self.http_port} (boot and agent "
             f"API), admin API https {self.admin_bind}:{self.admin_port} (CA "
-            f"{certificate.ca_cert}), tftp {opts.bind}:{self.tftp.port}{tftp_on}, dhcp {dhcp}",
+            f"{admin_tls.paths.ca_cert}), tftp {opts.bind}:{self.tftp.port}{tftp_on}, dhcp {dhcp}",
             cluster=inv.cluster.name,
         )
 
@@ -232,6 +234,8 @@ class ProvisioningServer:
         if self.heartbeat is not None:  # first: the others see "stopped", not failing services
             await self.heartbeat.stop()
         await self.reaper.stop()
+        if self.admin_tls is not None:
+            await self.admin_tls.stop()
         if self.health is not None:
             await self.health.stop()
         if self.dhcp is not None:

@@ -1,4 +1,5 @@
-"""Atomic file writes: every file plasmaboot writes (configs, keys, markers, images).
+"""Atomic file writes: every file plasmaboot writes (configs, keys, markers, images); and
+the one way files are hashed.
 
 Temp file in the same directory, fsync, rename, fsync of the directory: a crash leaves the
 old file or the new one, never a truncated key or half a config a daemon then loads.
@@ -6,9 +7,19 @@ old file or the new one, never a truncated key or half a config a daemon then lo
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
+
+
+def sha256_file(path: Path) -> str:
+    """The file's sha256, hex, read 1 MiB at a time (images and snapshots are large)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def fsync_dir(directory: Path) -> None:

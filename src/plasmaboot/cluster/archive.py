@@ -16,7 +16,6 @@ archive is refused before any node or directory is touched.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from plasmaboot.files import fsync_dir, sha256_file
 from plasmaboot.provision.nodefiles import pki_dir
 from plasmaboot.store.dump import StoreDump, dump_store, load_store
 
@@ -45,22 +45,6 @@ class ServerSources:
     inventory: Path
     state_dir: Path
     store: str | Path  # the state directory (SQLite) or a PostgreSQL URL
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def copy_server_state(sources: ServerSources, staging: Path) -> dict[str, Any]:

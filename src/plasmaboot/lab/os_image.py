@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import plasmaboot
+from plasmaboot.files import sha256_file
 from plasmaboot.lab import debian, disk_layout
 from plasmaboot.lab.debian import (
     Progress,
@@ -38,7 +39,6 @@ from plasmaboot.lab.debian import (
     need_tools,
     remove_tree,
     run,
-    sha256_file,
     tree_bytes,
     tree_files,
 )

@@ -12,7 +12,6 @@ plain text with the reason, counted, and records nothing.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 from aiohttp import web
 
 from plasmaboot import logs
+from plasmaboot.files import sha256_file
 from plasmaboot.inventory import normalize_mac
 from plasmaboot.provision import Provisioner
 from plasmaboot.provision.discovery import DiscoveryRefused
@@ -116,11 +116,7 @@ def sha256_of(path: Path) -> str:
     stat = path.stat()
     key = (str(path), stat.st_size, stat.st_mtime_ns)
     if key not in _digests:
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-        _digests[key] = digest.hexdigest()
+        _digests[key] = sha256_file(path)
     return _digests[key]
 
 

@@ -28,12 +28,13 @@ from plasmaboot.lifecycle import IllegalTransition
 from plasmaboot.operations.adopt import Adoption, adopt
 from plasmaboot.operations.nodes import NodeOperations, OperationError, OperationFailed
 from plasmaboot.operations.replace import Replace
-from plasmaboot.operations.rollback import Rollback, RollbackResult
+from plasmaboot.operations.rollback import NodeRollback, Rollback, RollbackResult
 from plasmaboot.operations.rollout import (
     DEFAULT_HEALTH_COMMAND,
     DEFAULT_UPDATE_COMMAND,
     HEALTH_CHECK,
     HealthGate,
+    NodeByNode,
     Rollout,
     RolloutResult,
     over_ssh,
@@ -42,6 +43,7 @@ from plasmaboot.operations.rollout import (
 from plasmaboot.operations.rotate import (
     CaRotationReport,
     Delivery,
+    NodeRotation,
     Rotate,
     RotateCa,
     RotationResult,
@@ -273,12 +275,12 @@ JOBS: Mapping[str, Job] = {
         _caller_commands,
     ),
     "rollback": Job(
-        RollbackOptions, _rollback, RollbackResult.from_json,
+        RollbackOptions, _rollback, NodeByNode.reader(NodeRollback),
         "Runbook 9.1, `node rollback`: each node back to its previous system, health-gated",
         _rollback_refusal,
     ),
     "rotate": Job(
-        RotateOptions, _rotate, RotationResult.from_json,
+        RotateOptions, _rotate, NodeByNode.reader(NodeRotation),
         "Runbook 10.2, `pki rotate`: new node certificates delivered over SSH, services "
         "restarted one node at a time, health-gated",
         lambda o: ssh_options_refusal(o.ssh_options),

@@ -17,12 +17,11 @@ lines), then the gate's `rollback-health`, `rollback-cluster-verified` or
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from plasmaboot.lifecycle import Event, State
 from plasmaboot.operations.nodes import NodeOperations, OperationError
-from plasmaboot.operations.rollout import HealthGate, over_ssh, run_step
+from plasmaboot.operations.rollout import HealthGate, NodeByNode, over_ssh, run_step
 
 TAKES = (State.ACTIVE, State.DRAINING, State.MAINTENANCE)
 
@@ -37,23 +36,7 @@ class NodeRollback:
     reason: str = ""
 
 
-@dataclass
-class RollbackResult:
-    nodes: list[NodeRollback] = field(default_factory=list)
-    not_started: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return all(n.ok for n in self.nodes)
-
-    def as_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "nodes": [asdict(n) for n in self.nodes],
-                "not_started": self.not_started}  # fmt: skip
-
-    @classmethod
-    def from_json(cls, found: dict[str, Any]) -> RollbackResult:
-        """Again from `as_json` or `asdict` (a server's answer)."""
-        return cls([NodeRollback(**n) for n in found["nodes"]], found["not_started"])
+RollbackResult = NodeByNode[NodeRollback]
 
 
 @dataclass

@@ -13,7 +13,8 @@ import asyncio
 import shlex
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
 
 from plasmaboot.install import InstallRunner, split_command
 from plasmaboot.lifecycle import Event, State
@@ -24,6 +25,35 @@ SSH = "ssh -o BatchMode=yes -o ConnectTimeout=10"
 HEALTH_CHECK = "systemctl is-system-running"
 DEFAULT_HEALTH_COMMAND = f"{SSH} root@{{ip}} {HEALTH_CHECK}"
 ClusterCheck = Callable[[str], list[str]]  # node name -> problems (empty: healthy)
+
+
+class _NodeOutcome(Protocol):
+    ok: bool
+
+
+Outcome = TypeVar("Outcome", bound=_NodeOutcome)  # one node's outcome, a dataclass
+
+
+@dataclass
+class NodeByNode(Generic[Outcome]):
+    """What a procedure run one node at a time did (rollback, certificate rotation): each
+    node's outcome in order, and the nodes never started because an earlier one failed."""
+
+    nodes: list[Outcome] = field(default_factory=list)
+    not_started: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(n.ok for n in self.nodes)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "nodes": [asdict(n) for n in self.nodes],  # type: ignore[call-overload]
+                "not_started": self.not_started}  # fmt: skip
+
+    @classmethod
+    def reader(cls, outcome: type[Outcome]) -> Callable[[dict[str, Any]], NodeByNode[Outcome]]:
+        """Reads `as_json` back (a server's answer), each node as an `outcome`."""
+        return lambda found: cls([outcome(**n) for n in found["nodes"]], found["not_started"])
 
 
 def over_ssh(remote: str, options: Sequence[str] = ()) -> str:

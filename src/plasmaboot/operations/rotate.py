@@ -38,14 +38,14 @@ import posixpath
 import shlex
 import tarfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from plasmaboot.inventory import Inventory, Node
 from plasmaboot.operations.nodes import ACTOR, NodeOperations, OperationError
 from plasmaboot.operations.rollback import TAKES
-from plasmaboot.operations.rollout import HealthGate, over_ssh, run_step
+from plasmaboot.operations.rollout import HealthGate, NodeByNode, over_ssh, run_step
 from plasmaboot.pki import PKIError, cert_info, node_cert_paths, renew
 from plasmaboot.pki import rotation as ca_rotation
 from plasmaboot.render.cluster_config import tls_paths
@@ -163,23 +163,7 @@ class NodeRotation:
     reason: str = ""
 
 
-@dataclass
-class RotationResult:
-    nodes: list[NodeRotation] = field(default_factory=list)
-    not_started: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return all(n.ok for n in self.nodes)
-
-    def as_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "nodes": [asdict(n) for n in self.nodes],
-                "not_started": self.not_started}  # fmt: skip
-
-    @classmethod
-    def from_json(cls, found: dict[str, Any]) -> RotationResult:
-        """Again from `as_json` or `asdict` (a server's answer)."""
-        return cls([NodeRotation(**n) for n in found["nodes"]], found["not_started"])
+RotationResult = NodeByNode[NodeRotation]
 
 
 @dataclass

@@ -5,7 +5,10 @@ installer agent reports the machine -> serve runs `plasmaboot lab install` over 
 the node's files (cluster-config.json, CA, node certificate, rendered units) -> the VM
 reboots, iPXE gets the local-disk script, the VM boots Debian from its own disk -> systemd
 runs the first-boot units plasmaboot rendered -> etcd (standing in for Chainfire) forms
-from node01-03 over TLS from plasmaboot's CA, node04 joins -> every node `active`.
+from node01-03 over TLS from plasmaboot's CA, node04 joins -> every node `active`. Then the
+day-2 work on the same machines: node04 reboots from its disk, is reprovisioned through a
+real IPMI BMC, node02's certificate is rotated under its systemd, and the whole cluster is
+backed up, lost (every member's data deleted) and restored from the archive over SSH.
 
 Debian stands in for NixOS (it cannot be built offline) and etcd for Chainfire.
 """
@@ -23,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cryptography import x509
 
 from plasmaboot.boot import paths
 from plasmaboot.lab.bmc import start_bmc
@@ -140,14 +144,16 @@ def test_four_machines_install_boot_from_disk_and_form_a_cluster(tmp_path: Path)
         node04_reboots_from_its_disk(lab)
         node04_is_reprovisioned(lab, tmp_path)
         host_sees_the_cluster(lab, tmp_path)
+        node02_certificate_is_rotated(lab, tmp_path)
+        the_lost_cluster_is_restored_from_a_backup(lab, tmp_path)
+        host_sees_the_cluster(lab, tmp_path)
     finally:
         lab.down()
         assert not lab.network.exists()
 
 
-def host_sees_the_cluster(lab: Lab, tmp_path: Path) -> None:
-    """`plasmaboot cluster verify` from the provisioning server, with node01's certificate
-    from serve's PKI: 4 healthy members, one leader, certificates valid."""
+def host_cluster_config(lab: Lab, tmp_path: Path) -> Path:
+    """node01's cluster-config.json with the TLS files of serve's PKI, on the host."""
     node01 = lab.inventory.node("node01")
     assert node01 is not None
     pki = lab.state_dir / "pki"
@@ -157,10 +163,22 @@ def host_sees_the_cluster(lab: Lab, tmp_path: Path) -> None:
                   "node_key_path": str(pki / "node01.key")}  # fmt: skip
     config = tmp_path / "host-cluster-config.json"
     config.write_text(json.dumps(doc))
-    argv = [sys.executable, "-m", "plasmaboot", "cluster", "verify", "--json",
-            "--expect-members", "4", "-c", str(config)]  # fmt: skip
-    done = subprocess.run(lab.network.exec_argv(*argv), capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    return config
+
+
+def plasmaboot(lab: Lab, *args: str, timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
+    """The CLI on the provisioning network (the lab's namespace), as an operator runs it."""
+    argv = [sys.executable, "-m", "plasmaboot", *args]
+    return subprocess.run(lab.network.exec_argv(*argv), capture_output=True, text=True,
+                          timeout=timeout_s)  # fmt: skip
+
+
+def host_sees_the_cluster(lab: Lab, tmp_path: Path) -> None:
+    """`plasmaboot cluster verify` from the provisioning server, with node01's certificate
+    from serve's PKI: 4 healthy members, one leader, certificates valid."""
+    config = host_cluster_config(lab, tmp_path)
+    done = plasmaboot(lab, "cluster", "verify", "--json", "--expect-members", "4", "-c",
+                      str(config), timeout_s=120)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     (report,) = json.loads(done.stdout)
     members = report["members"]
@@ -253,3 +271,94 @@ def node04_is_reprovisioned(lab: Lab, tmp_path: Path) -> None:
     moves = [(e.from_state, e.to_state, e.event) for e in after if e.to_state != e.from_state]
     assert moves[0][2] == "reprovision", moves
     assert [m[1:] for m in moves[-len(SEQUENCE) + 1 :]] == [s[1:] for s in SEQUENCE[1:]], moves
+
+
+def lab_ssh_options() -> list[str]:
+    options = [f"IdentityFile={lab_ssh_key(IMAGE_CACHE)}", "StrictHostKeyChecking=no",
+               "UserKnownHostsFile=/dev/null", "LogLevel=ERROR"]  # fmt: skip
+    return [arg for option in options for arg in ("--ssh-option", option)]
+
+
+def serial_of(pem: str) -> int:
+    return x509.load_pem_x509_certificate(pem.encode()).serial_number
+
+
+def node02_certificate_is_rotated(lab: Lab, tmp_path: Path) -> None:
+    """Runbook 10.2 on a lab VM: `plasmaboot pki rotate node02` reissues its certificate
+    from serve's PKI, delivers it over SSH, restarts etcd under the VM's systemd and passes
+    the health gate; etcd then serves the new certificate."""
+    node02 = lab.inventory.node("node02")
+    assert node02 is not None
+    ip = str(node02.provisioning_ip)
+    on_disk = "cat /etc/nixos/secrets/node02.crt"
+    before = serial_of(ssh(lab, ip, on_disk).stdout)
+    done = plasmaboot(lab, "pki", "rotate", "node02", "-c", str(CHAIN), "--state-dir",
+                      str(lab.state_dir), *lab_ssh_options(), timeout_s=900)  # fmt: skip
+    print(done.stdout[-2000:])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    after = serial_of(ssh(lab, ip, on_disk).stdout)
+    assert after != before
+    issued = serial_of((lab.state_dir / "pki" / "node02.crt").read_text())
+    assert after == issued, "the node holds the certificate serve's PKI issued"
+    pki = lab.state_dir / "pki"
+    handshake = subprocess.run(lab.network.exec_argv(
+        "openssl", "s_client", "-connect", f"{ip}:2379", "-CAfile", str(pki / "ca.crt"),
+        "-cert", str(pki / "node01.crt"), "-key", str(pki / "node01.key"),
+    ), input="", capture_output=True, text=True, timeout=60)  # fmt: skip
+    served = re.search(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----",
+                       handshake.stdout, re.S)  # fmt: skip
+    assert served is not None, handshake.stdout + handshake.stderr
+    assert serial_of(served.group(0)) == after, "etcd was restarted with the new certificate"
+    assert ssh(lab, ip, "systemctl is-active etcd.service").stdout.strip() == "active"
+
+
+def etcdctl(lab: Lab, *args: str) -> str:
+    """etcdctl on the provisioning network with node01's certificate from serve's PKI."""
+    pki = lab.state_dir / "pki"
+    endpoints = ",".join(f"https://10.77.0.5{i}:2379" for i in range(4))
+    argv = ["env", "ETCDCTL_API=3", "etcdctl", f"--endpoints={endpoints}",
+            f"--cacert={pki / 'ca.crt'}", f"--cert={pki / 'node01.crt'}",
+            f"--key={pki / 'node01.key'}", "--command-timeout=30s", *args]  # fmt: skip
+    done = subprocess.run(lab.network.exec_argv(*argv), capture_output=True, text=True,
+                          timeout=90)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def the_lost_cluster_is_restored_from_a_backup(lab: Lab, tmp_path: Path) -> None:
+    """Runbook 9.4 then 9.3 on the lab's etcd: keys written, `cluster backup` from the
+    provisioning server while serve runs, more keys written; then every member's etcd is
+    stopped and its data directory deleted (the cluster is gone) and `cluster restore`
+    rebuilds all four over SSH: the keys from before the backup are back, the later ones
+    are not, and (checked by the caller) four healthy members with one leader."""
+    for i in range(10):
+        etcdctl(lab, "put", f"before/{i}", f"value {i}")
+    archive = tmp_path / "lab-backup.tar"
+    config = host_cluster_config(lab, tmp_path)
+    done = plasmaboot(lab, "cluster", "backup", "-c", str(config), "--inventory", str(CHAIN),
+                      "--state-dir", str(lab.state_dir), "--out", str(archive))  # fmt: skip
+    print(done.stdout)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "plasmaboot: its sqlite store" in done.stdout
+    etcdctl(lab, "put", "after/0", "written after the backup")
+
+    for name in NAMES:
+        node = lab.inventory.node(name)
+        assert node is not None
+        lost = ssh(
+            lab,
+            str(node.provisioning_ip),
+            "systemctl stop etcd.service && rm -rf /var/lib/etcd/lab && echo lost",
+        )
+        assert lost.stdout.strip() == "lost", lost
+    started = time.monotonic()
+    done = plasmaboot(lab, "cluster", "restore", "--backup", str(archive), "--yes",
+                      *lab_ssh_options(), "--verify-config", str(config), "--wait-s", "300",
+                      timeout_s=900)  # fmt: skip
+    print(done.stdout[-3000:])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "restored 4 members" in done.stdout
+    assert "verified: 4 healthy members (node01, node02, node03, node04), 1 leader" in done.stdout
+    print(f"restore of 4 lab members: {time.monotonic() - started:.0f} s")
+    assert etcdctl(lab, "get", "before/9", "--print-value-only").strip() == "value 9"
+    assert etcdctl(lab, "get", "after/0", "--print-value-only").strip() == ""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import stat
 import subprocess
 import tarfile
 from pathlib import Path
@@ -318,7 +319,8 @@ def test_server_state_comes_back_only_into_a_new_state_directory(
     assert (fresh / "pki" / "ca.crt").read_bytes() == ca.read_bytes()
     assert (fresh / "pki" / "ca.key").stat().st_mode & 0o777 == 0o600
     assert (fresh / "cluster.yaml").read_text() == server.inventory.read_text()
-    with pytest.raises(Exception, match="never overwrites a CA"):
+    (fresh / "cluster.yaml").write_text("another inventory\n")
+    with pytest.raises(Exception, match="is not empty: a restore never overwrites"):
         restore_server_state(verified.directory, verified.manifest, fresh, None)
     with pytest.raises(Exception, match="holds a SQLite store"):
         restore_server_state(verified.directory, verified.manifest, tmp_path / "pg",
@@ -420,3 +422,29 @@ def test_restore_without_yes_prints_the_plan_and_touches_nothing(
     result = CliRunner().invoke(cluster_cli.app, [*args, "--yes"])
     assert result.exit_code == 1
     assert "backup of cluster prod" in result.output
+
+
+def test_a_backup_that_fails_while_sealing_leaves_nothing(
+    tmp_path: Path, server: ServerSources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The archive holds the CA key: not even a partial one may stay behind."""
+
+    def full_disk(*args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tarfile.TarFile, "add", full_disk)  # a fault no peer gives on demand
+    with pytest.raises(OSError, match="No space left"):
+        backup(tmp_path, FakeGateway(), server)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_restore_run_again_keeps_the_server_state_it_already_restored(
+    tmp_path: Path, server: ServerSources
+) -> None:
+    verified = verify_backup(backup(tmp_path, FakeGateway(), server), tmp_path / "x")
+    fresh = tmp_path / "new-server"
+    restore_server_state(verified.directory, verified.manifest, fresh, None)
+    again = restore_server_state(verified.directory, verified.manifest, fresh, None)
+    assert again == [f"{fresh} already holds this backup's CA and inventory: kept as it is"]
+    assert stat.S_IMODE((fresh / "pki").stat().st_mode) == 0o700
+    assert [p.name for p in tmp_path.iterdir() if ".restoring-" in p.name] == []

@@ -7,8 +7,9 @@
     plasmaboot/cluster.yaml        the inventory
 
 It holds the CA's private key: it is written 0600 and must be kept like that key.
-Everything is staged in a hidden directory next to the archive and the archive is renamed
-into place only when complete, so a failure leaves nothing. Reading it back extracts into
+Everything is staged in a hidden directory next to the archive, the archive is written in
+it and linked into place only when complete (a link never replaces a file), so a failure
+leaves nothing. Reading it back extracts into
 a scratch directory (tarfile's `data` filter: no links out, no devices, no absolute paths)
 and checks every file against the manifest before anything else looks at it, so a damaged
 archive is refused before any node or directory is touched.
@@ -20,6 +21,7 @@ import json
 import os
 import shutil
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -83,7 +85,7 @@ def seal(staging: Path, manifest: dict[str, Any], out: Path) -> dict[str, Any]:
         "files": [_file_entry(staging, p) for p in files],
     }
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    partial = staging.with_name(staging.name + ".tar")
+    partial = staging / ".archive.tar"  # inside staging: removed with it on any failure
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         with tarfile.open(fileobj=handle, mode="w") as tar:
@@ -92,7 +94,10 @@ def seal(staging: Path, manifest: dict[str, Any], out: Path) -> dict[str, Any]:
                 tar.add(path, arcname=path.relative_to(staging).as_posix())
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(partial, out)
+    try:
+        os.link(partial, out)  # unlike a rename, never replaces an --out made meanwhile
+    except FileExistsError:
+        raise ArchiveError(f"{out} appeared while the backup ran; choose a new --out") from None
     fsync_dir(out.parent)
     return manifest
 
@@ -106,8 +111,13 @@ def open_archive(archive: Path, into: Path) -> dict[str, Any]:
             tar.extractall(into, filter="data")
     except FileNotFoundError:
         raise ArchiveError(f"{archive}: no such file") from None
-    except (tarfile.TarError, OSError, EOFError) as exc:
+    except (tarfile.TarError, EOFError) as exc:
         raise ArchiveError(f"{archive}: not a readable backup archive ({exc}); {damaged}") from None
+    except OSError as exc:  # here, not in the archive: a full or read-only scratch disk
+        raise ArchiveError(
+            f"cannot unpack {archive} into {into}: {exc}; free space there, or point TMPDIR "
+            "at a disk with room for the backup"
+        ) from None
     try:
         manifest: dict[str, Any] = json.loads((into / MANIFEST).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -139,29 +149,53 @@ def open_archive(archive: Path, into: Path) -> dict[str, Any]:
 def restore_server_state(
     directory: Path, manifest: dict[str, Any], state_dir: Path, store: str | Path | None
 ) -> list[str]:
-    """Put plasmaboot's store, PKI and inventory back for a new provisioning server, into a
-    state directory that holds none of them yet. Returns one line per thing restored."""
+    """Put plasmaboot's store, PKI and inventory back for a new provisioning server.
+
+    Built in a sibling directory and renamed to `state_dir` only when whole, so a failure
+    leaves nothing to block the next try; a `state_dir` that already holds this archive's
+    CA and inventory (an earlier run got this far) is kept and said so; any other
+    non-empty one is refused. A PostgreSQL store goes in by one transaction."""
     section = manifest.get("plasmaboot")
     if not section:
         raise ArchiveError("the backup holds no plasmaboot state")
-    pki = pki_dir(state_dir)
-    if pki.exists() and any(pki.iterdir()):
+    pki, inventory = directory / PurePosixPath(section["pki"]), directory / section["inventory"]
+    if state_dir.exists() and any(state_dir.iterdir()):
+        if _holds(state_dir, pki, inventory):
+            return [f"{state_dir} already holds this backup's CA and inventory: kept as it is"]
         raise ArchiveError(
-            f"{pki} is not empty: a restore never overwrites a CA; choose a new --server-state "
-            "directory, or move the old one aside first"
+            f"{state_dir} is not empty: a restore never overwrites a provisioning server's "
+            "state; choose a new --server-state directory, or move the old one aside"
         )
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    inventory = state_dir / INVENTORY_FILE
-    if inventory.exists():
-        raise ArchiveError(f"{inventory} exists: a restore never overwrites an inventory")
-    kept = section["store"]
-    name = PurePosixPath(kept["file"]).name
-    dump = StoreDump(str(kept["kind"]), name, int(kept["schema_version"]))
-    where = load_store(dump, directory / PurePosixPath(kept["file"]), store or state_dir)
-    shutil.copytree(directory / PurePosixPath(section["pki"]), pki, dirs_exist_ok=True)
-    shutil.copyfile(directory / PurePosixPath(section["inventory"]), inventory)
+    state_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=state_dir.parent, prefix=f".{state_dir.name}.restoring-"))
+    try:
+        kept = section["store"]
+        dump = StoreDump(str(kept["kind"]), PurePosixPath(kept["file"]).name,
+                         int(kept["schema_version"]))  # fmt: skip
+        target = store if store is not None else staging
+        where = load_store(dump, directory / PurePosixPath(kept["file"]), target)
+        shutil.copytree(pki, pki_dir(staging))
+        os.chmod(pki_dir(staging), 0o700)
+        shutil.copyfile(inventory, staging / INVENTORY_FILE)
+        if state_dir.exists():
+            state_dir.rmdir()  # empty, checked above
+        os.rename(staging, state_dir)
+        fsync_dir(state_dir.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if dump.kind == "sqlite":
+        where = str(state_dir / PurePosixPath(where).name)
     return [
         f"plasmaboot store ({dump.kind}, schema {dump.schema_version}) -> {where}",
-        f"PKI (the cluster CA and every node's certificate) -> {pki}",
-        f"inventory -> {inventory}",
+        f"PKI (the cluster CA and every node's certificate) -> {pki_dir(state_dir)}",
+        f"inventory -> {state_dir / INVENTORY_FILE}",
     ]
+
+
+def _holds(state_dir: Path, pki: Path, inventory: Path) -> bool:
+    """Whether `state_dir` has the archive's CA certificate, CA key and inventory."""
+    pairs = [(pki_dir(state_dir) / name, pki / name) for name in ("ca.crt", "ca.key")]
+    pairs.append((state_dir / INVENTORY_FILE, inventory))
+    return all(mine.is_file() and sha256_file(mine) == sha256_file(theirs)
+               for mine, theirs in pairs)  # fmt: skip

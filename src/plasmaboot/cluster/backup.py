@@ -14,8 +14,8 @@ A failure mid-stream comes as ``{"error": {...}}``.
 
 The snapshot comes from the leader when it is healthy (it holds every committed entry),
 else from the first healthy voting member; the manifest says which. It is written into a
-hidden staging directory next to ``--out`` (0700, files 0600, each fsynced) and checked
-again from disk; the archive is renamed to ``--out`` only when complete.
+hidden staging directory next to ``--out`` (0700; the snapshot 0600, fsynced) and checked
+again from disk; the archive appears at ``--out`` only when complete.
 The Chainfire flavour has no snapshot API (its admin API knows membership and health only),
 so it is refused by name.
 """

@@ -115,12 +115,9 @@ class AdminTls:
         self.state_dir, self.address = state_dir, address
         self.paths = ensure_admin_certificate(state_dir, inv, address)
         self.context = server_context(self.paths)
-        self._loaded = self._stamp()
+        self._loaded = self.paths.cert.stat().st_mtime_ns, self.paths.key.stat().st_mtime_ns
         self._trust: tuple[int, ssl.SSLContext] | None = None
         self._task: asyncio.Task[None] | None = None
-
-    def _stamp(self) -> tuple[int, int]:
-        return self.paths.cert.stat().st_mtime_ns, self.paths.key.stat().st_mtime_ns
 
     def client_context(self) -> ssl.SSLContext:
         """A client's view: trusting `ca.crt` as it is now (for the health probe)."""
@@ -130,29 +127,46 @@ class AdminTls:
         return self._trust[1]
 
     def refresh(self, inv: Inventory) -> bool:
-        """Reissue if needed, reload if the files changed; whether it reloaded. A pair
-        caught half written (a certificate without its new key) is kept for the next try."""
+        """Reissue if needed, reload if the files changed; whether it reloaded. Runs on
+        the event loop's thread, the only one that makes connections from the context."""
+        paths = self._reissue(inv)
+        return paths is not None and self._load(paths)
+
+    def _reissue(self, inv: Inventory) -> NodeCertPaths | None:
         try:
-            self.paths = ensure_admin_certificate(self.state_dir, inv, self.address)
-            stamp = self._stamp()
+            return ensure_admin_certificate(self.state_dir, inv, self.address)
+        except Exception as exc:  # a PKI problem must not end the listener or this check
+            log.warning("admin API certificate not checked; the loaded one stays",
+                        cert=str(self.paths.cert), reason=str(exc))  # fmt: skip
+            return None
+
+    def _load(self, paths: NodeCertPaths) -> bool:
+        """Load changed files into the live context, once a fresh context has shown they
+        are a matching pair (a certificate caught without its new key waits a turn)."""
+        try:
+            stamp = paths.cert.stat().st_mtime_ns, paths.key.stat().st_mtime_ns
             if stamp == self._loaded:
                 return False
-            self.context.load_cert_chain(self.paths.cert, self.paths.key)
+            server_context(paths)  # raises on a mismatched or unreadable pair
+            self.context.load_cert_chain(paths.cert, paths.key)
         except (OSError, ssl.SSLError, ValueError) as exc:
             log.warning("admin API certificate not reloaded; the loaded one stays",
-                        cert=str(self.paths.cert), reason=str(exc))  # fmt: skip
+                        cert=str(paths.cert), reason=str(exc))  # fmt: skip
             return False
-        self._loaded = stamp
-        log.info("admin API certificate reloaded", cert=str(self.paths.cert))
+        self.paths, self._loaded = paths, stamp
+        log.info("admin API certificate reloaded", cert=str(paths.cert))
         return True
 
     def start(self, inventory: Callable[[], Inventory]) -> None:
         self._task = asyncio.get_running_loop().create_task(self._follow(inventory))
 
     async def _follow(self, inventory: Callable[[], Inventory]) -> None:
+        """Every TLS_CHECK_S: the reissue check off the loop, the load on it."""
         while True:
             await asyncio.sleep(TLS_CHECK_S)
-            await asyncio.to_thread(self.refresh, inventory())
+            paths = await asyncio.to_thread(self._reissue, inventory())
+            if paths is not None:
+                self._load(paths)
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -130,6 +130,8 @@ class ProvisioningServer:
 
     def reload(self) -> list[str]:
         """Swap in the inventory file's current content, or keep the running one."""
+        if self.admin_tls is not None:  # its certificate (a CA rotation), whatever follows
+            self.admin_tls.refresh(self.provisioner.inventory)
         try:
             inv = load_inventory(self.options.config)
         except InventoryError as exc:
@@ -140,7 +142,7 @@ class ProvisioningServer:
         self.provisioner.inventory = inv
         if self.dhcp is not None:
             self.dhcp.reload(inv)
-        if self.admin_tls is not None:  # the admin names may have changed, or the CA
+        if self.admin_tls is not None:  # the admin names it carries may have changed
             self.admin_tls.refresh(inv)
         log.info(
             "inventory reloaded",

@@ -1,10 +1,11 @@
 """Online copies of plasmaboot's own store (for `cluster backup`), and putting one back.
 
 A copy is taken while serve keeps writing, never by copying files:
-- SQLite: the backup API copies a consistent image page by page (WAL readers never block
-  the writer, so serve goes on), and the copy must pass `PRAGMA integrity_check`.
+- SQLite: the backup API copies a consistent image in one read transaction (WAL readers
+  never block the writer, so serve goes on), and the copy must pass `PRAGMA integrity_check`.
 - PostgreSQL: `pg_dump --format=custom` reads one REPEATABLE READ snapshot while every
-  server keeps writing; `pg_restore` loads it into an empty database.
+  server keeps writing; `pg_restore` loads it into an empty database in one transaction
+  (a failure leaves the database as it was).
 
 The password of a PostgreSQL URL goes to the tools by PGPASSWORD, never on a command line
 (where `ps` shows it), and never into a message.
@@ -96,11 +97,13 @@ def dump_store(location: str | Path, directory: Path) -> StoreDump:
     os.close(fd)
     try:
         with (
-            closing(sqlite3.connect(f"file:{source}?mode=ro", uri=True)) as live,
+            closing(sqlite3.connect(source.as_uri() + "?mode=ro", uri=True)) as live,
             closing(sqlite3.connect(target)) as copy,
         ):
             live.execute("PRAGMA busy_timeout=5000")
-            live.backup(copy, pages=1024)  # in steps: serve's writes go on in between
+            # One step, one read transaction: a copy in several steps starts over whenever
+            # serve writes in between, and serve always writes; WAL lets it go on meanwhile.
+            live.backup(copy, pages=-1)
             copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file, no -wal
             check = copy.execute("PRAGMA integrity_check").fetchone()[0]
             version = int(copy.execute("PRAGMA user_version").fetchone()[0])
@@ -123,7 +126,8 @@ def load_store(dump: StoreDump, source: Path, location: str | Path) -> str:
             )
         url = str(location)
         conninfo, env = _libpq(url)
-        argv = ["pg_restore", "--no-owner", "--exit-on-error", f"--dbname={conninfo}", str(source)]
+        argv = ["pg_restore", "--no-owner", "--exit-on-error", "--single-transaction",
+                f"--dbname={conninfo}", str(source)]  # fmt: skip
         _tool(argv, env, url, "restore into")
         return redact_url(url)
     if is_database_url(location):
@@ -138,8 +142,13 @@ def load_store(dump: StoreDump, source: Path, location: str | Path) -> str:
             "directory, or move the old one aside first"
         )
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    partial = target.with_name(target.name + ".restoring")
-    shutil.copyfile(source, partial)
-    os.chmod(partial, 0o600)
-    os.replace(partial, target)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as copy, source.open("rb") as kept:
+            shutil.copyfileobj(kept, copy, 1 << 20)
+            copy.flush()
+            os.fsync(copy.fileno())
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
     return str(target)

@@ -48,6 +48,7 @@ OS_PACKAGES = (
     "systemd-sysv",
     "udev",
     "etcd-server",
+    "etcd-client",  # etcdctl: `cluster restore` runs `etcdctl snapshot restore` on each member
     "python3",
     "openssh-server",
     "iproute2",

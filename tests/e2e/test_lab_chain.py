@@ -292,9 +292,11 @@ def node02_certificate_is_rotated(lab: Lab, tmp_path: Path) -> None:
     ip = str(node02.provisioning_ip)
     on_disk = "cat /etc/nixos/secrets/node02.crt"
     before = serial_of(ssh(lab, ip, on_disk).stdout)
+    started = time.monotonic()
     done = plasmaboot(lab, "pki", "rotate", "node02", "-c", str(CHAIN), "--state-dir",
                       str(lab.state_dir), *lab_ssh_options(), timeout_s=900)  # fmt: skip
     print(done.stdout[-2000:])
+    print(f"pki rotate node02 (health gate included): {time.monotonic() - started:.0f} s")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     after = serial_of(ssh(lab, ip, on_disk).stdout)
     assert after != before
@@ -335,9 +337,11 @@ def the_lost_cluster_is_restored_from_a_backup(lab: Lab, tmp_path: Path) -> None
         etcdctl(lab, "put", f"before/{i}", f"value {i}")
     archive = tmp_path / "lab-backup.tar"
     config = host_cluster_config(lab, tmp_path)
+    started = time.monotonic()
     done = plasmaboot(lab, "cluster", "backup", "-c", str(config), "--inventory", str(CHAIN),
                       "--state-dir", str(lab.state_dir), "--out", str(archive))  # fmt: skip
     print(done.stdout)
+    print(f"cluster backup: {time.monotonic() - started:.1f} s, {archive.stat().st_size} bytes")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "plasmaboot: its sqlite store" in done.stdout
     etcdctl(lab, "put", "after/0", "written after the backup")

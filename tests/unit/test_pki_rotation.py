@@ -65,6 +65,17 @@ def test_ca_rotation_trusts_both_then_the_new_ca_alone(pki: Path) -> None:
     assert rotation.load(pki) is None and not (pki / "ca.old.crt").exists()
 
 
+def test_a_node_installed_during_a_rotation_joins_it_for_the_phases_left(pki: Path) -> None:
+    state = rotation.begin(pki, "test-cluster", ["node01"])
+    state.done["bundle"].append("node01")
+    state.phase = "reissue"
+    assert state.enlist(["node01", "node02"]) == ["node02"]
+    assert state.enlist(["node01", "node02"]) == []  # once
+    assert state.pending() == ["node01", "node02"]
+    state.save(pki)
+    assert rotation.load(pki) == state
+
+
 def test_a_damaged_rotation_state_is_named_with_the_fix(pki: Path) -> None:
     (pki / "ca-rotation.json").write_text("{not json")
     with pytest.raises(PKIError, match="not a CA rotation state written by plasmaboot"):

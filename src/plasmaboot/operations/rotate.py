@@ -293,7 +293,8 @@ class RotateCa:
             lost = None
             if state.phase == "drop-old":
                 reissued = ca_rotation.drop_old(pki)
-            for hostname in state.pending():
+            while pending := self._pending(state):
+                hostname = pending[0]
                 failed = await self._move(state.phase, hostname)
                 if failed is not None:
                     ops.store.record(hostname, "ca-rotate-failed", ACTOR,
@@ -314,6 +315,19 @@ class RotateCa:
         state.phase = "done"
         ops.log(f"CA rotation done: every node trusts the new CA {state.new_ca} alone")
         return self._report(state, reissued_here=reissued)
+
+    def _pending(self, state: ca_rotation.CaRotation) -> list[str]:
+        """The phase's nodes still to do, asked again before each: a node installed while
+        the rotation runs joins it."""
+        joined = state.enlist(self._installed())
+        for hostname in joined:
+            self.delivery.ops.store.record(hostname, "ca-rotate-joined", ACTOR,
+                                           {"phase": state.phase})  # fmt: skip
+            self.delivery.ops.log(f"{hostname}: installed during the rotation, joins it in "
+                                  f"phase {state.phase}")  # fmt: skip
+        if joined:
+            state.save(self.delivery.pki)
+        return state.pending()
 
     def _skip(self, state: ca_rotation.CaRotation, lost: list[str]) -> None:
         for hostname in lost:

@@ -51,6 +51,14 @@ class CaRotation:
     done: dict[str, list[str]] = field(default_factory=lambda: {p: [] for p in PHASES})
     skipped: list[str] = field(default_factory=list)  # unreachable, passed over with --force
 
+    def enlist(self, installed: list[str]) -> list[str]:
+        """Nodes installed since the rotation began join it (they got `ca.crt` as it was
+        at their install) and go through the phases left, so drop-old reaches them too;
+        the names that joined."""
+        joined = [n for n in installed if n not in self.nodes]
+        self.nodes.extend(joined)
+        return joined
+
     def pending(self) -> list[str]:
         """The nodes of the rotation still to do in the current phase."""
         finished = set(self.done[self.phase]) | set(self.skipped)

@@ -213,9 +213,9 @@ def backup_command(
     config: ConfigOption,
     out: Annotated[Path, typer.Option("--out", help="The archive to write (a new file).")],
     inventory: Annotated[
-        Path,
-        typer.Option("--inventory", dir_okay=False, help="The inventory (cluster.yaml)."),
-    ],
+        Path | None,
+        typer.Option("--inventory", dir_okay=False, help="The inventory (cluster.yaml); required."),
+    ] = None,
     state_dir: StateDirOption = DEFAULT_STATE_DIR,
     store: StoreOption = None,
     service: ServiceOption = None,
@@ -232,6 +232,10 @@ def backup_command(
     _local_only("backup", server, "it writes the archive on this machine with a member's "
                 "cluster-config.json and TLS files; run it where those are, without "
                 "--server")  # fmt: skip
+    if inventory is None:  # checked after --server, whose refusal says more
+        typer.echo("error: --inventory cluster.yaml is required: the archive holds the "
+                   "inventory with the store's snapshot", err=True)  # fmt: skip
+        raise typer.Exit(code=2)
     plan = _load(config)
     inv = load_or_exit(inventory)
     if plan.cluster_name and plan.cluster_name != inv.cluster.name:

@@ -341,7 +341,8 @@ def _restore(
         raise typer.Exit(code=1) from error
     if verified.cluster_name and verified.cluster_name != inv.cluster.name:
         typer.echo(
-            f"error: {backup} is a backup of cluster {verified.cluster_name}, {inventory} "
+            f"error: {backup} is a backup of cluster {verified.cluster_name}, "
+            f"{inventory or verified.inventory} "
             f"describes {inv.cluster.name}; pass the matching inventory; nothing was touched",
             err=True,
         )
